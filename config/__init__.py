@@ -1,0 +1,1 @@
+"""Settings schema, shipped defaults and logging set-up shared by every subsystem."""

@@ -1,0 +1,1 @@
+"""Encoders, attention fusion, Grad-CAM and model bundles."""

@@ -1,0 +1,1 @@
+"""Readers for radiographs, CT series and clinical text."""

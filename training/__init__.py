@@ -1,0 +1,1 @@
+"""Cohorts, simulated cohorts, training, evaluation and reports."""
