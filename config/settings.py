@@ -1,0 +1,456 @@
+"""Settings of the DICOM node, read from a TOML file with environment overrides.
+
+The shipped ``default.toml`` beside this module documents every key with its
+unit and default. ``load_settings`` reads a file (the shipped defaults when no
+path is given), applies environment variables on top and reports every invalid
+key at once in one :class:`SettingsError`.
+
+Environment variables use the prefix ``HIPFUSE_`` and ``__`` between levels:
+``HIPFUSE_NODE__PORT=11113`` sets ``[node] port``. Lists of tables take JSON:
+``HIPFUSE_DESTINATIONS='[{"name": "pacs", "ae_title": "PACS", "host": "10.0.0.5",
+"port": 104}]'``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from contextvars import ContextVar
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "HIPFUSE_"
+ENV_NESTED_DELIMITER = "__"
+DEFAULT_SETTINGS_RESOURCE = "default.toml"
+
+# Application Entity titles use the DICOM default character repertoire
+# (ISO 646 G0 printable characters) without backslash and without control
+# characters, at most 16 characters (PS3.5 Table 6.2-1, VR AE).
+_AE_TITLE_CHARACTERS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+# A DNS host name (RFC 1123 labels) for destinations given by name.
+_HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
+
+
+class _KeyProblemError(ValueError):
+    """A cross-field problem reported at ``key`` inside the section being validated."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class SettingsError(ValueError):
+    """Invalid settings; ``problems`` lists ``(dotted key path, reason)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"invalid settings in {source} ({len(problems)} problems):"]
+        lines += [f"  {path}: {reason}" for path, reason in problems]
+        super().__init__("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- #
+# Field validators
+# --------------------------------------------------------------------------- #
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE_CHARACTERS.match(value):
+        raise ValueError(
+            f"AE title {value!r} must be 1 to 16 characters of the DICOM default "
+            "repertoire (printable ASCII) without backslash"
+        )
+    if not value.strip():
+        raise ValueError("AE title must not be all spaces")
+    # Leading and trailing spaces are not significant in an AE title (PS3.5, VR AE).
+    return value.strip()
+
+
+def _check_ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+    return value
+
+
+def _check_network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            suggestion = ipaddress.ip_network(value, strict=False)
+            raise ValueError(
+                f"{value!r} has host bits set; write the network as {suggestion}"
+            ) from None
+        raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+    return value
+
+
+def _check_host(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.match(value):
+            raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
+    return value
+
+
+def _check_max_pdu(value: int) -> int:
+    # 0 means no limit (PS3.8 Table 9-16); 4096 is DCMTK's smallest accepted value.
+    if value != 0 and not 4096 <= value <= 2**32 - 1:
+        raise ValueError(f"{value} must be 0 (no limit) or between 4096 and 4294967295")
+    return value
+
+
+def _check_device(value: str) -> str:
+    if not _DEVICE.match(value):
+        raise ValueError(f"device {value!r} must be auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+IPAddress = Annotated[str, AfterValidator(_check_ip_address)]
+IPNetwork = Annotated[str, AfterValidator(_check_network)]
+HostName = Annotated[str, AfterValidator(_check_host)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+PositiveBytes = Annotated[int, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, so a misspelt key never silently keeps its default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LogLevel(StrEnum):
+    """Minimum level of the log lines written."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+# --------------------------------------------------------------------------- #
+# Sections
+# --------------------------------------------------------------------------- #
+
+
+class AllowedCaller(_Section):
+    """One peer allowed to open associations: its AE title and source addresses."""
+
+    ae_title: AETitle
+    addresses: list[IPNetwork] = Field(default_factory=list)
+
+    def allows(self, address: str) -> bool:
+        """Return whether ``address`` is in this caller's networks (any address if none)."""
+        if not self.addresses:
+            return True
+        try:
+            peer = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(peer in ipaddress.ip_network(network) for network in self.addresses)
+
+
+class NodeSettings(_Section):
+    """The receiving DICOM Application Entity (``[node]``)."""
+
+    ae_title: AETitle = "HIPFUSE"
+    bind_address: IPAddress = "127.0.0.1"
+    port: Port = 11112
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
+    max_pdu_bytes: Annotated[int, AfterValidator(_check_max_pdu)] = 1_048_576
+    dimse_timeout_s: PositiveSeconds = 60.0
+    acse_timeout_s: PositiveSeconds = 30.0
+    network_timeout_s: PositiveSeconds = 60.0
+    max_study_bytes: PositiveBytes = 4 * 1024**3
+    require_called_ae_title: bool = False
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_callers(self) -> NodeSettings:
+        titles = [caller.ae_title for caller in self.allowed_callers]
+        duplicates = sorted({title for title in titles if titles.count(title) > 1})
+        if duplicates:
+            raise _KeyProblemError(
+                "allowed_callers",
+                f"AE title(s) {duplicates} appear more than once; "
+                "merge their addresses into one entry",
+            )
+        return self
+
+    def find_caller(self, ae_title: str) -> AllowedCaller | None:
+        """Return the allow-list entry for ``ae_title`` (trailing spaces ignored)."""
+        wanted = ae_title.strip()
+        for caller in self.allowed_callers:
+            if caller.ae_title == wanted:
+                return caller
+        return None
+
+
+class Destination(_Section):
+    """A peer that receives the node's results by C-STORE (``[[destinations]]``)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    ae_title: AETitle
+    host: HostName
+    port: Port
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_tls_files(self) -> Destination:
+        if self.tls and self.tls_ca_file is None:
+            raise _KeyProblemError(
+                "tls_ca_file", "is required with tls = true to verify the peer's certificate"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise _KeyProblemError(
+                "tls_key_file", "set both tls_cert_file and tls_key_file, or neither"
+            )
+        return self
+
+
+class StudySettings(_Section):
+    """When a received study counts as complete (``[study]``)."""
+
+    quiet_period_s: PositiveSeconds = 30.0
+    complete_when_expected_series_present: bool = False
+
+
+class StorageSettings(_Section):
+    """Spool, job store and retention (``[storage]``)."""
+
+    data_dir: Path = Path("/var/lib/hipfuse")
+    min_free_bytes: Annotated[int, Field(ge=0)] = 1024**3
+    retention_days: Annotated[float, Field(gt=0)] = 30.0
+
+
+class ModelSettings(_Section):
+    """Model bundle and compute device (``[model]``)."""
+
+    bundle_dir: Path | None = None
+    device: Annotated[str, AfterValidator(_check_device)] = "auto"
+
+
+class HL7Settings(_Section):
+    """HL7 v2 listener over MLLP (``[hl7]``), filled in by the clinical-text integration."""
+
+    enabled: bool = False
+    bind_address: IPAddress = "127.0.0.1"
+    port: Port = 2575
+
+
+class FHIRSettings(_Section):
+    """FHIR R4 client (``[fhir]``), filled in by the clinical-text integration."""
+
+    enabled: bool = False
+    base_url: str = ""
+    # 0 means analyse at once with whatever text is already there.
+    text_wait_s: Annotated[float, Field(ge=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _check_base_url(self) -> FHIRSettings:
+        if self.base_url and not re.match(r"^https?://[^\s/]+", self.base_url):
+            raise _KeyProblemError(
+                "base_url", f"{self.base_url!r} must start with http:// or https://"
+            )
+        if self.enabled and not self.base_url:
+            raise _KeyProblemError("base_url", "is required with enabled = true")
+        return self
+
+
+class SendSettings(_Section):
+    """Retries of C-STORE to the destinations (``[send]``)."""
+
+    max_attempts: Annotated[int, Field(ge=1)] = 10
+    backoff_initial_s: PositiveSeconds = 30.0
+    backoff_max_s: PositiveSeconds = 3600.0
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> SendSettings:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise _KeyProblemError(
+                "backoff_max_s",
+                f"{self.backoff_max_s} is below backoff_initial_s ({self.backoff_initial_s})",
+            )
+        return self
+
+
+class LoggingSettings(_Section):
+    """Log level and format (``[logging]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    level: LogLevel = LogLevel.INFO
+    # The key is ``json`` in the file; the attribute name avoids BaseModel.json.
+    json_lines: bool = Field(default=True, alias="json")
+
+
+# --------------------------------------------------------------------------- #
+# Top level and loading
+# --------------------------------------------------------------------------- #
+
+# The parsed TOML file for the settings being loaded; a context variable keeps
+# concurrent loads in different threads apart.
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("hipfuse_settings_file", default=None)
+
+
+class _TomlFileSource(PydanticBaseSettingsSource):
+    """Values from the TOML file, below the environment in priority."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_values.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get() or {})
+
+
+class Settings(BaseSettings):
+    """All node settings; build with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    study: StudySettings = Field(default_factory=StudySettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    hl7: HL7Settings = Field(default_factory=HL7Settings)
+    fhir: FHIRSettings = Field(default_factory=FHIRSettings)
+    send: SendSettings = Field(default_factory=SendSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _check_destination_names(self) -> Settings:
+        names = [destination.name for destination in self.destinations]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise _KeyProblemError("destinations", f"name(s) {duplicates} are used more than once")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Order the sources: constructor arguments, then environment, then the file."""
+        return (init_settings, env_settings, _TomlFileSource(settings_cls))
+
+
+def default_settings_text() -> str:
+    """Return the text of the shipped ``default.toml``."""
+    return (
+        resources.files("hipfuse.config")
+        .joinpath(DEFAULT_SETTINGS_RESOURCE)
+        .read_text(encoding="utf-8")
+    )
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read settings from a TOML file and apply ``HIPFUSE_*`` environment overrides.
+
+    Parameters
+    ----------
+    path
+        TOML file; ``None`` reads the shipped ``default.toml``. Keys missing
+        from the file keep their defaults.
+
+    Returns
+    -------
+    Settings
+        The validated, frozen settings.
+
+    Raises
+    ------
+    SettingsError
+        The file is missing or not TOML, or one or more keys are invalid. The
+        error lists every invalid key with its dotted path and the reason.
+    """
+    if path is None:
+        source = f"shipped {DEFAULT_SETTINGS_RESOURCE}"
+        text = default_settings_text()
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError(source, [("(file)", f"cannot be read: {exc.strerror}")]) from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(source, [("(file)", f"is not valid TOML: {exc}")]) from None
+
+    token = _file_values.set(values)
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors()]
+        raise SettingsError(f"{source} and {ENV_PREFIX}* environment", problems) from None
+    finally:
+        _file_values.reset(token)
+
+
+def _dotted_path(location: tuple[int | str, ...]) -> str:
+    """Turn a pydantic error location into ``node.allowed_callers[0].ae_title``."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def _problem(error: Any) -> tuple[str, str]:
+    location = tuple(error["loc"])
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, _KeyProblemError) and cause.key not in location:
+        location += (cause.key,)
+    return _dotted_path(location), _reason(error)
+
+
+def _reason(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key; check the spelling against default.toml"
+    message = str(error["msg"])
+    # Pydantic prefixes messages raised by validators with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    if error["type"] in ("value_error", "assertion_error"):
+        return message
+    return f"{message} (got {error.get('input')!r})"
