@@ -91,8 +91,9 @@ def hip_caption(hip: HipResult, bundle: Bundle, view: str) -> Caption:
     lines = [f"{side} hip: {prediction.predicted.value} p={probability:.2f}", view]
     if use != "clinical":
         lines.append(f"{use.upper()} MODEL - NOT FOR CLINICAL USE")
-    return Caption(title=f"AI OUTPUT hipfuse {bundle.config.name} {bundle.config.version}",
-                   lines=tuple(lines))
+    return Caption(
+        title=f"AI OUTPUT hipfuse {bundle.config.name} {bundle.config.version}", lines=tuple(lines)
+    )
 
 
 def radiograph_overlay(result: StudyResult, hip: HipResult, bundle: Bundle) -> np.ndarray:
@@ -115,7 +116,9 @@ def ct_overlays(result: StudyResult, hip: HipResult, bundle: Bundle) -> dict[str
         # A flat map has no maximum: show the planes through the located head.
         inverse = np.linalg.inv(result.ct.affine)
         index = inverse @ np.array([*hip.ct_region.centre_mm, 1.0])
-        peak = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(index[:3], cam.shape, strict=True))
+        peak = tuple(
+            int(np.clip(round(v), 0, n - 1)) for v, n in zip(index[:3], cam.shape, strict=True)
+        )
     images = {}
     for plane, axis in CT_PLANES:
         grey = window_ct(np.take(volume, peak[axis], axis=axis))
@@ -123,9 +126,36 @@ def ct_overlays(result: StudyResult, hip: HipResult, bundle: Bundle) -> dict[str
         if axis != 0:
             # Coronal and sagittal slices have axis 0 (superior) as rows: flip so superior is up.
             grey, heat = grey[::-1], heat[::-1]
+        row_axis, column_axis = (a for a in range(3) if a != axis)
+        grey, heat = _square_pixels(
+            grey, heat, (result.ct.spacing_mm[row_axis], result.ct.spacing_mm[column_axis])
+        )
         rgb = blend_heat_map(grey, heat)
         images[plane] = burn_in_caption(rgb, hip_caption(hip, bundle, f"CT {plane} Grad-CAM"))
     return images
+
+
+def _square_pixels(
+    grey: np.ndarray, heat: np.ndarray, spacing_mm: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a plane so its pixels are square, as a viewer would display it.
+
+    Coronal and sagittal planes of a series with thick slices are otherwise
+    squashed along the rows.
+    """
+    finest = min(spacing_mm)
+    shape = tuple(
+        max(1, round(n * spacing / finest))
+        for n, spacing in zip(grey.shape, spacing_mm, strict=True)
+    )
+    if shape == grey.shape:
+        return grey, heat
+    size = (shape[1], shape[0])  # PIL sizes are (width, height)
+    resized = [
+        np.asarray(Image.fromarray(plane.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+        for plane in (grey, heat)
+    ]
+    return resized[0], resized[1]
 
 
 def write_result(result: StudyResult, bundle: Bundle, out_dir: Path) -> dict[str, Any]:

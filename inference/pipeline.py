@@ -138,10 +138,10 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
     """
     from hipfuse.inference.model.predict import HipInputs, predict
 
-    timings: dict[str, float] = {"decode": inputs.decode_s}
+    timings: dict[str, float] = {"decode_s": inputs.decode_s}
     warnings: list[InputWarning] = []
-    for source in (inputs.radiograph, inputs.ct, inputs.text):
-        warnings.extend(getattr(source, "warnings", []) or [])
+    if inputs.radiograph is not None:
+        warnings.extend(inputs.radiograph.warnings)
     warnings.extend(check_same_patient(inputs.radiograph, inputs.ct, inputs.text))
 
     preprocessing = bundle.config.preprocessing
@@ -149,25 +149,27 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
     radiograph_regions: dict[Laterality, RadiographRegion] = {}
     if inputs.radiograph is not None:
         search = find_radiograph_hips(
-            inputs.radiograph, preprocessing.radiograph_crop_px, preprocessing.radiograph_crop_mm
+            inputs.radiograph, preprocessing.radiograph.crop_px, preprocessing.radiograph.crop_mm
         )
         radiograph_regions = search.regions
         warnings.extend(search.warnings)
-    timings["radiograph_regions"] = time.perf_counter() - started
+    timings["radiograph_regions_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
     canonical_ct = None
     ct_regions: dict[Laterality, CTRegion] = {}
     if inputs.ct is not None:
+        # The canonical volume carries the reader's warnings plus any from reorienting.
         canonical_ct = reorient_to_canonical(inputs.ct)
+        warnings.extend(canonical_ct.warnings)
         search = find_ct_hips(
             canonical_ct,
-            tuple(preprocessing.ct_crop_shape),
-            tuple(preprocessing.ct_crop_spacing_mm),
+            tuple(preprocessing.ct.crop_shape),
+            tuple(preprocessing.ct.spacing_mm),
         )
         ct_regions = search.regions
         warnings.extend(search.warnings)
-    timings["ct_regions"] = time.perf_counter() - started
+    timings["ct_regions_s"] = time.perf_counter() - started
 
     text = inputs.text.text if inputs.text is not None else None
     hips: list[HipInputs] = []
@@ -194,8 +196,8 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
     if not hips:
         raise InputError("hip_not_found", "no hip was found in the radiograph or the CT")
 
-    predictions, model_timings = predict(bundle, hips, gradcam=gradcam)
-    timings.update(model_timings)
+    predictions = predict(bundle, hips, gradcam=gradcam)
+    timings.update(predictions.timings)
 
     started = time.perf_counter()
     results = []
@@ -210,14 +212,14 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
         if gradcam and ct_region is not None and prediction.ct_cam is not None:
             result.ct_cam = ct_map_to_volume(ct_region, prediction.ct_cam, canonical_ct)
         results.append(result)
-    timings["map_back"] = time.perf_counter() - started
+    timings["map_back_s"] = time.perf_counter() - started
 
     log.info(
         "study_analyzed",
         study_instance_uid=_study_uid(inputs),
         hips=len(results),
         warnings=[warning.code for warning in warnings],
-        **{f"{name}_s": round(value, 4) for name, value in timings.items()},
+        **{name: round(value, 4) for name, value in timings.items()},
     )
     return StudyResult(results, inputs.radiograph, canonical_ct, inputs.text, warnings, timings)
 
