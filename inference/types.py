@@ -20,20 +20,20 @@ how an axial slice is displayed in radiological convention.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 
-class Laterality(str, Enum):
+class Laterality(StrEnum):
     """Laterality of a paired body part, spelled as Laterality (0020,0060) defines it."""
 
     RIGHT = "R"
     LEFT = "L"
 
 
-class HipClass(str, Enum):
+class HipClass(StrEnum):
     """The four diagnostic classes, in the order of the model's outputs."""
 
     NORMAL = "normal"
@@ -45,7 +45,7 @@ class HipClass(str, Enum):
 HIP_CLASSES: tuple[HipClass, ...] = tuple(HipClass)
 
 
-class InputModality(str, Enum):
+class InputModality(StrEnum):
     """Model inputs, in the order the fusion network stacks them."""
 
     RADIOGRAPH = "radiograph"
