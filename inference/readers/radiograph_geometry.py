@@ -19,11 +19,11 @@ from hipfuse.inference.types import InputError, InputWarning
 # detectors with pixel sizes ranging from 175 to 76 µm", a technical
 # evaluation focused on orthopaedic imaging), and mammography panels 0.05-0.1
 # mm (Agfa white paper "Is detector pixel size a determining parameter for
-# perceived clinical image quality?"). The range below leaves room for 2x2 or
-# 3x3 binned exports, and rejects placeholders such as 1.0 mm that converters
-# write when they know no spacing.
+# perceived clinical image quality?"). The range below leaves room for exports
+# binned up to 4x4 (4 x 0.175 = 0.7 mm), and rejects placeholders such as the
+# 1.0 mm that converters write when they know no spacing.
 MIN_PLAUSIBLE_SPACING_MM = 0.02
-MAX_PLAUSIBLE_SPACING_MM = 0.5
+MAX_PLAUSIBLE_SPACING_MM = 0.8
 
 # Opposite letters of Patient Orientation (0020,0020), PS3.3 C.7.6.1.1.1.
 _OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
