@@ -94,24 +94,28 @@ def main() -> int:
     from hipfuse.inference.model.config import ModelPreset, make_bundle_config
     from hipfuse.inference.model.predict import HipInputs
     from hipfuse.inference.pipeline import analyze_study, read_inputs
+    from hipfuse.inference.readers.ct import reorient_to_canonical
     from hipfuse.inference.readers.dicom_series_writer import write_ct_series
     from hipfuse.inference.readers.nifti import read_nifti_ct
-    from hipfuse.inference.types import SourceIdentity
+    from hipfuse.inference.readers.radiograph import read_radiograph
 
     config = make_bundle_config(
         ModelPreset.DEFAULT, name="bench", version="0", intended_use="research"
     )
     bundle = build_untrained_bundle(config, seed=0, device=device)
 
+    paths_radiograph = SAMPLES / "xray" / "ap_pelvis_ddh_1.dcm"
     with tempfile.TemporaryDirectory() as work:
         ct_dir = Path(work) / "ct"
         write_ct_series(
-            read_nifti_ct(SAMPLES / "ct" / "pelvis_ct_3mm.nii.gz"),
+            reorient_to_canonical(read_nifti_ct(SAMPLES / "ct" / "pelvis_ct_3mm.nii.gz")),
             ct_dir,
-            SourceIdentity(patient_id="BENCH"),
+            # The sample CT and radiograph come from different people: give the CT
+            # the radiograph's identity so the consistency check passes.
+            read_radiograph(paths_radiograph).identity,
         )
         paths = {
-            "radiograph_path": SAMPLES / "xray" / "ap_pelvis_ddh_1.dcm",
+            "radiograph_path": paths_radiograph,
             "ct_path": ct_dir,
             "text_path": SAMPLES / "text" / "hip_osteoarthritis_left_mtsamples_258.txt",
         }
