@@ -93,7 +93,9 @@ class HipFusionNet(nn.Module):
             self.attention_scorer: nn.Module | None = nn.Sequential(
                 nn.Linear(embed_dim, architecture.attention_hidden),
                 nn.Tanh(),
-                nn.Linear(architecture.attention_hidden, 1),
+                # No bias: it would shift every modality's score alike, which the
+                # softmax ignores, so it could never receive a real gradient.
+                nn.Linear(architecture.attention_hidden, 1, bias=False),
             )
             classifier_in = embed_dim
         else:
