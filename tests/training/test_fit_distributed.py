@@ -17,6 +17,7 @@ from hipfuse.training.distributed import (
 )
 from hipfuse.training.fit import fit, load_text_encoder
 
+
 @pytest.mark.parametrize(
     ("n_samples", "batch_size", "world_size"),
     [(12, 4, 2), (13, 4, 2), (10, 6, 3)],
