@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hipfuse.node.jobstore_events import EventsAndJobsMixin
+from hipfuse.node.jobstore_outbox import OutboxItem, OutboxMixin, ResultObject
 from hipfuse.node.jobstore_records import (
     INSTANCE_COLUMNS,
     SERIES_COLUMNS,
@@ -62,7 +63,9 @@ __all__ = [
     "JobRecord",
     "JobStore",
     "JobStoreError",
+    "OutboxItem",
     "RecordOutcome",
+    "ResultObject",
     "SeriesAssembly",
     "SeriesRecord",
     "StateConflictError",
@@ -76,7 +79,7 @@ __all__ = [
 JOB_STORE_FILE_NAME = "jobs.sqlite3"
 
 
-class JobStore(EventsAndJobsMixin):
+class JobStore(OutboxMixin, EventsAndJobsMixin):
     """SQLite job store in ``data_dir``; safe to share between threads.
 
     Parameters

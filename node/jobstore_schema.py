@@ -106,8 +106,30 @@ CREATE TABLE job_attempts (
 );
 """
 
+# Version 2: the outbox, one row per result object and destination. Its
+# sending state lives in the ``send`` job it points to.
+_SCHEMA_V2 = """
+CREATE TABLE outbox (
+    item_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_instance_uid TEXT NOT NULL
+        REFERENCES studies (study_instance_uid) ON DELETE CASCADE,
+    -- input_fingerprint of the analysis that produced the object.
+    input_fingerprint TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    job_id INTEGER NOT NULL UNIQUE REFERENCES jobs (job_id) ON DELETE CASCADE,
+    created_at REAL NOT NULL,
+    -- One object goes to one destination once.
+    UNIQUE (sop_instance_uid, destination)
+);
+CREATE INDEX outbox_study ON outbox (study_instance_uid);
+CREATE INDEX outbox_destination ON outbox (destination);
+"""
+
 # (version, script) in ascending order.
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -151,10 +151,22 @@ def test_studies_due_after_quiet_period(store: JobStore) -> None:
         ([StudyState.COMPLETE, StudyState.ANALYSED], False),
         (
             [StudyState.COMPLETE, StudyState.ANALYSING, StudyState.ANALYSED, StudyState.SENDING],
+            True,
+        ),
+        (
+            [StudyState.COMPLETE, StudyState.ANALYSING, StudyState.ANALYSED, StudyState.COMPLETE],
             False,
         ),
     ],
-    ids=["happy-path", "skip", "skip-complete", "done-early", "skip-analysing", "skip-encoding"],
+    ids=[
+        "happy-path",
+        "skip",
+        "skip-complete",
+        "done-early",
+        "skip-analysing",
+        "analysed-to-sending",
+        "analysed-back-to-complete",
+    ],
 )
 def test_transition_table_enforced(store: JobStore, path: list[StudyState], allowed: bool) -> None:
     store.record_instance(instance_record("1.2.3.1.1"))

@@ -1,0 +1,262 @@
+"""Lifecycle of the node: start every part in order, stop them cleanly.
+
+:meth:`NodeService.start` opens the job store, puts back work a stopped
+process left half done, loads the model bundle once, and starts the storage
+SCP, the study assembler, the analysis worker and one sender per destination,
+each in its own thread. :meth:`NodeService.stop` stops accepting associations
+first, lets the worker and senders finish what they hold, and leaves queued
+work in the job store for the next start.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hipfuse.config.settings import Settings
+
+if TYPE_CHECKING:
+    from hipfuse.node.jobstore import JobStore
+    from hipfuse.node.scp import ScpServer
+
+log = structlog.get_logger(__name__)
+
+# The demo bundle that ``hipfuse-train demo-bundle --out bundles/demo`` builds,
+# relative to the working directory, used when ``[model] bundle_dir`` is not set.
+DEFAULT_BUNDLE_DIR = Path("bundles/demo")
+# Seconds :meth:`NodeService.stop` waits for each thread; an analysis still
+# running after that is redone at the next start.
+DEFAULT_STOP_TIMEOUT_S = 30.0
+
+
+class ServiceError(RuntimeError):
+    """The node cannot start; the message names the setting or file to fix."""
+
+
+def runtime_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Return settings that are valid but that this version cannot run, as (path, reason)."""
+    problems = []
+    for index, destination in enumerate(settings.destinations):
+        if destination.tls:
+            problems.append(
+                (
+                    f"destinations[{index}].tls",
+                    "DICOM TLS is not implemented yet; set tls = false and protect the "
+                    "link otherwise (VPN or a TLS tunnel)",
+                )
+            )
+    return problems
+
+
+def resolve_bundle_dir(settings: Settings, override: Path | None = None) -> Path:
+    """Return the bundle folder: ``override``, else ``[model] bundle_dir``, else the demo."""
+    if override is not None:
+        return Path(override)
+    if settings.model.bundle_dir is not None:
+        return settings.model.bundle_dir
+    return DEFAULT_BUNDLE_DIR
+
+
+def _torch_device(device: str) -> str | None:
+    # load_bundle picks CUDA when available for None, which is what "auto" means.
+    return None if device == "auto" else device
+
+
+class NodeService:
+    """The running node.
+
+    Parameters
+    ----------
+    settings
+        Validated node settings.
+    bundle_dir
+        Model bundle folder; overrides ``[model] bundle_dir``.
+    clock
+        Seconds since the epoch for every part; tests pass a controllable one.
+    poll_interval_s
+        Seconds the assembler, worker and senders wait when they find no work.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bundle_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_interval_s: float = 0.25,
+    ) -> None:
+        self.settings = settings
+        self.bundle_dir = resolve_bundle_dir(settings, bundle_dir)
+        self.clock = clock
+        self.poll_interval_s = poll_interval_s
+        self.jobstore: JobStore | None = None
+        self.scp: ScpServer | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def port(self) -> int:
+        """TCP port of the running SCP."""
+        if self.scp is None:
+            raise RuntimeError("the node is not running; call start() first")
+        return self.scp.port
+
+    def start(self) -> None:
+        """Start every part; raise :class:`ServiceError` when the node cannot run."""
+        problems = runtime_problems(self.settings)
+        if problems:
+            raise ServiceError("; ".join(f"{path}: {reason}" for path, reason in problems))
+        if not self.bundle_dir.is_dir():
+            # Checked before torch is imported, so a wrong path fails at once.
+            raise ServiceError(
+                f"model bundle {self.bundle_dir} cannot be loaded: no such folder (set "
+                "[model] bundle_dir, or build the demo bundle with "
+                "hipfuse-train demo-bundle --out bundles/demo)"
+            )
+
+        from hipfuse.inference.model.bundle import BundleError, load_bundle
+        from hipfuse.inference.pipeline import analyze_study
+        from hipfuse.node.assembly import StudyAssembler
+        from hipfuse.node.encode import DeviceIdentity
+        from hipfuse.node.jobstore import JobStore
+        from hipfuse.node.outbox import OutboxFolder
+        from hipfuse.node.scp import start_scp
+        from hipfuse.node.sender import DestinationSender
+        from hipfuse.node.spool import Spool
+        from hipfuse.node.worker import AnalysisWorker
+
+        settings = self.settings
+        data_dir = settings.storage.data_dir
+        try:
+            jobstore = JobStore.in_data_dir(data_dir, clock=self.clock)
+        except OSError as error:
+            raise ServiceError(
+                f"storage.data_dir {data_dir} cannot be used: {error.strerror}; "
+                "create it or point storage.data_dir at a writable folder"
+            ) from error
+        self.jobstore = jobstore
+        self._recover(jobstore)
+
+        started = time.perf_counter()
+        try:
+            bundle = load_bundle(self.bundle_dir, device=_torch_device(settings.model.device))
+        except BundleError as error:
+            jobstore.close()
+            raise ServiceError(
+                f"model bundle {self.bundle_dir} cannot be loaded: {error} "
+                "(set [model] bundle_dir, or build the demo bundle with "
+                "hipfuse-train demo-bundle --out bundles/demo)"
+            ) from error
+        log.info(
+            "bundle_loaded",
+            bundle=bundle.config.name,
+            version=bundle.config.version,
+            intended_use=bundle.config.intended_use.value,
+            device=str(bundle.device),
+            load_s=round(time.perf_counter() - started, 3),
+        )
+
+        outbox = OutboxFolder(data_dir)
+        outbox.prepare()
+        assembler = StudyAssembler(jobstore, settings.study, clock=self.clock)
+        worker = AnalysisWorker(
+            jobstore,
+            outbox,
+            analyze=functools.partial(analyze_study, bundle),
+            bundle_config=bundle.config,
+            destinations=[destination.name for destination in settings.destinations],
+            device=DeviceIdentity(station_name=settings.node.ae_title),
+            clock=self.clock,
+        )
+        try:
+            self.scp = start_scp(settings, jobstore, Spool(data_dir), clock=self.clock)
+        except OSError as error:
+            jobstore.close()
+            node = settings.node
+            raise ServiceError(
+                f"cannot listen on {node.bind_address}:{node.port}: {error.strerror}; "
+                "choose a free [node] port or another bind_address"
+            ) from error
+
+        interval = self.poll_interval_s
+        self._spawn("assembler", assembler.run, interval)
+        self._spawn("worker", worker.run, interval)
+        for destination in settings.destinations:
+            sender = DestinationSender(
+                destination, jobstore, settings.send, settings.node, clock=self.clock
+            )
+            self._spawn(f"sender-{destination.name}", sender.run, interval)
+        log.info(
+            "node_started",
+            ae_title=settings.node.ae_title,
+            port=self.scp.port,
+            data_dir=str(data_dir),
+            destinations=[destination.name for destination in settings.destinations],
+        )
+
+    def _recover(self, jobstore: JobStore) -> None:
+        from hipfuse.node.states import JobKind, StudyState
+
+        studies = jobstore.recover_interrupted()
+        analyses = jobstore.fail_interrupted_jobs(
+            JobKind.ANALYSE, "interrupted by a stop of the node; the study is analysed again"
+        )
+        sends = jobstore.requeue_interrupted_sends()
+        settled = [
+            uid
+            for uid in jobstore.studies_in_state(StudyState.SENDING)
+            if jobstore.settle_study_sends(uid) is not None
+        ]
+        if studies or analyses or sends or settled:
+            log.warning(
+                "interrupted_work_recovered",
+                studies=studies,
+                analyses=analyses,
+                sends=sends,
+                settled_studies=settled,
+            )
+
+    def _spawn(self, name: str, target: Callable[..., Any], interval_s: float) -> None:
+        thread = threading.Thread(
+            target=target, args=(self._stop, interval_s), name=f"hipfuse-{name}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> bool:
+        """Stop accepting, let running work finish, and close the job store.
+
+        Returns ``False`` when a thread was still busy after ``timeout_s``
+        seconds. Its work stays in the job store and is redone at the next start.
+        """
+        if self.scp is not None:
+            self.scp.stop()
+            self.scp = None
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        busy = []
+        for thread in self._threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+            if thread.is_alive():
+                busy.append(thread.name)
+        self._threads = []
+        if busy:
+            log.warning("node_stop_timed_out", busy_threads=busy, timeout_s=timeout_s)
+        elif self.jobstore is not None:
+            self.jobstore.close()
+            self.jobstore = None
+        log.info("node_stopped", clean=not busy)
+        return not busy
+
+    def wait(self, stop: threading.Event, check_interval_s: float = 1.0) -> None:
+        """Block until ``stop`` is set (by a signal handler, for example)."""
+        while not stop.wait(check_interval_s):
+            dead = [thread.name for thread in self._threads if not thread.is_alive()]
+            if dead:
+                raise ServiceError(f"node threads stopped unexpectedly: {', '.join(dead)}")

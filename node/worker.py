@@ -1,0 +1,386 @@
+"""Analysis worker: analyse complete studies and queue their SR and Secondary Captures.
+
+For each study it claims (``complete → analysing``) the worker
+
+1. selects the inputs again from the stored headers (:mod:`hipfuse.node.series`,
+   the node's own outputs are never inputs) and checks that their fingerprint
+   is the one assembly recorded and that it was not analysed before,
+2. reads the radiograph and CT series from the spool and runs the model,
+3. encodes one Comprehensive 3D SR and the Grad-CAM Secondary Captures, with
+   SOP Instance UIDs derived from the input fingerprint and the bundle's
+   weights checksum (:func:`hipfuse.node.outbox.result_uid`),
+4. writes them into the outbox folder, and in one job store transaction queues
+   one outbox item per object and destination and marks the study analysed.
+
+A crash before step 4 commits leaves the study in ``analysing``. Start-up puts
+it back to ``complete``, and the analysis runs again and produces the same UIDs.
+An input the model cannot analyse (:class:`~hipfuse.inference.types.InputError`)
+fails the study with the error's code and message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from hipfuse.node.assembly import classify_study
+from hipfuse.node.encode import DeviceIdentity, build_secondary_captures, build_sr
+from hipfuse.node.jobstore import (
+    JobStore,
+    ResultObject,
+    StateConflictError,
+    StoredInstance,
+    StudyRecord,
+    input_fingerprint,
+)
+from hipfuse.node.outbox import OutboxFolder, result_uid
+from hipfuse.node.series import InputRole, select_inputs
+from hipfuse.node.states import FailureCode, JobKind, SkipReason, StudyState
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from hipfuse.inference.model.config import BundleConfig
+    from hipfuse.inference.pipeline import StudyInputs, StudyResult
+
+log = structlog.get_logger(__name__)
+
+AnalyzeFunction = Callable[["StudyInputs"], "StudyResult"]
+
+# Series Numbers of the outputs: high, so viewers list them after the source
+# series. The Secondary Captures take one number per hip from SC_SERIES_NUMBER.
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+
+
+class AnalysisFailedError(Exception):
+    """A study that cannot be analysed or encoded; ``code`` becomes the state reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class SelectedInputs:
+    """The spooled instances chosen as one study's model inputs."""
+
+    fingerprint: str | None
+    radiograph: StoredInstance | None = None
+    ct_series_instance_uid: str | None = None
+    ct_slices: tuple[StoredInstance, ...] = ()
+
+    @property
+    def instances(self) -> list[StoredInstance]:
+        """Every input instance: the radiograph first, then the CT slices."""
+        first = [self.radiograph] if self.radiograph is not None else []
+        return [*first, *self.ct_slices]
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """Outcome of one claimed study: its new state, reason, job and result objects."""
+
+    study_instance_uid: str
+    state: StudyState
+    reason: str | None = None
+    job_id: int | None = None
+    objects: tuple[ResultObject, ...] = ()
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def select_study_inputs(jobstore: JobStore, study_uid: str) -> SelectedInputs:
+    """Select a study's inputs from its stored instances, as assembly does.
+
+    A radiograph series with several images contributes every image to the
+    fingerprint, but only its first received image is analysed.
+    """
+    # NOTE: the model takes one radiograph; the others of the series only
+    # count towards the fingerprint.
+    instances = jobstore.list_instances(study_uid)
+    selected = select_inputs(classify_study(instances))
+    if not selected:
+        return SelectedInputs(fingerprint=None)
+    by_uid = {instance.sop_instance_uid: instance for instance in instances}
+    fingerprint = input_fingerprint(
+        sop for chosen in selected.values() for sop in chosen.sop_instance_uids
+    )
+    radiograph = None
+    if InputRole.RADIOGRAPH in selected:
+        radiograph = by_uid[selected[InputRole.RADIOGRAPH].sop_instance_uids[0]]
+    ct_series_uid = None
+    ct_slices: tuple[StoredInstance, ...] = ()
+    if InputRole.CT in selected:
+        chosen = selected[InputRole.CT]
+        ct_series_uid = chosen.series_instance_uid
+        ct_slices = tuple(by_uid[sop] for sop in chosen.sop_instance_uids)
+    return SelectedInputs(fingerprint, radiograph, ct_series_uid, ct_slices)
+
+
+def read_study_inputs(selected: SelectedInputs) -> StudyInputs:
+    """Decode the selected radiograph and CT series from the spool.
+
+    Raises
+    ------
+    InputError
+        From the radiograph or CT reader.
+    """
+    from hipfuse.inference.pipeline import StudyInputs
+    from hipfuse.inference.readers.ct import read_ct_series
+    from hipfuse.inference.readers.radiograph import read_radiograph
+
+    started = time.perf_counter()
+    radiograph = read_radiograph(selected.radiograph.path) if selected.radiograph else None
+    ct = None
+    if selected.ct_slices:
+        ct = read_ct_series(
+            [instance.path for instance in selected.ct_slices], selected.ct_series_instance_uid
+        )
+    # NOTE: clinical text from HL7 and FHIR is not passed yet; the model runs
+    # on the images alone.
+    return StudyInputs(radiograph, ct, None, decode_s=time.perf_counter() - started)
+
+
+class AnalysisWorker:
+    """Claims complete studies one at a time and turns them into queued results.
+
+    Parameters
+    ----------
+    jobstore
+        The node's job store.
+    outbox
+        Folder the result files are written to.
+    analyze
+        Runs the model on decoded inputs; the service passes
+        ``analyze_study`` bound to the bundle it loaded once.
+    bundle_config
+        Configuration of that bundle: its name, version, intended use and
+        weights checksum go into every output.
+    destinations
+        Names of the ``[[destinations]]`` that get each result.
+    device
+        The node's identity in the outputs.
+    clock
+        Seconds since the epoch for the job store.
+    """
+
+    def __init__(
+        self,
+        jobstore: JobStore,
+        outbox: OutboxFolder,
+        *,
+        analyze: AnalyzeFunction,
+        bundle_config: BundleConfig,
+        destinations: Sequence[str],
+        device: DeviceIdentity | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.jobstore = jobstore
+        self.outbox = outbox
+        self.analyze = analyze
+        self.bundle_config = bundle_config
+        self.destinations = list(destinations)
+        self.device = device or DeviceIdentity()
+        self.clock = clock
+
+    def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
+        """Analyse studies until ``stop`` is set, waiting ``interval_s`` when none is complete.
+
+        A study in progress is finished before the loop looks at ``stop``.
+        """
+        while not stop.is_set():
+            try:
+                outcome = self.run_once()
+            except Exception:  # a job store error; logged, and the loop tries again
+                log.exception("worker_error")
+                outcome = None
+            if outcome is None:
+                stop.wait(interval_s)
+
+    def run_once(self) -> AnalysisOutcome | None:
+        """Claim the longest-waiting complete study and process it; ``None`` if none waits."""
+        study = self.jobstore.claim_next(StudyState.COMPLETE, StudyState.ANALYSING)
+        if study is None:
+            return None
+        return self.process(study)
+
+    def process(self, study: StudyRecord) -> AnalysisOutcome:
+        """Analyse one study that this worker moved to ``analysing``."""
+        uid = study.study_instance_uid
+        selected = select_study_inputs(self.jobstore, uid)
+        if selected.fingerprint is None or selected.fingerprint != study.input_fingerprint:
+            # An instance arrived or was replaced after assembly; assemble again.
+            return self._skip(uid, SkipReason.INPUTS_CHANGED)
+        if self.jobstore.is_fingerprint_analysed(selected.fingerprint):
+            return self._skip(uid, SkipReason.ALREADY_ANALYSED)
+
+        job_id = self.jobstore.start_job(
+            JobKind.ANALYSE, uid, details={"fingerprint": selected.fingerprint}
+        )
+        ids: dict[str, Any] = {"study_instance_uid": uid, "job_id": job_id}
+        log.info(
+            "analysis_started",
+            **ids,
+            radiograph=selected.radiograph is not None,
+            ct_slices=len(selected.ct_slices),
+            waited_s=round(self.clock() - study.last_instance_at, 3),
+        )
+        started = time.perf_counter()
+        try:
+            objects, timings = self._analyse_and_write(uid, selected)
+        except AnalysisFailedError as error:
+            return self._fail(uid, job_id, error.code, str(error), started)
+
+        timings["duration_s"] = time.perf_counter() - started
+        rounded = {name: round(value, 4) for name, value in timings.items()}
+        try:
+            self.jobstore.record_results(
+                uid,
+                fingerprint=selected.fingerprint,
+                objects=objects,
+                destinations=self.destinations,
+                job_id=job_id,
+                details={"job_id": job_id, "last_instance_at": study.last_instance_at, **rounded},
+            )
+        except StateConflictError as error:
+            self.jobstore.finish_job(job_id, succeeded=False, error=str(error))
+            log.error("analysis_failed", **ids, error_code="state_conflict", error=str(error))
+            return AnalysisOutcome(uid, self.jobstore.get_study(uid).state, None, job_id)
+        if not self.destinations:
+            log.warning("no_destinations", **ids, message="results are kept in the outbox folder")
+        log.info("analysis_finished", **ids, objects=len(objects), **rounded)
+        state = self.jobstore.get_study(uid).state
+        return AnalysisOutcome(uid, state, None, job_id, tuple(objects), timings)
+
+    def _analyse_and_write(
+        self, uid: str, selected: SelectedInputs
+    ) -> tuple[list[ResultObject], dict[str, float]]:
+        from hipfuse.inference.types import InputError
+
+        try:
+            inputs = read_study_inputs(selected)
+            started = time.perf_counter()
+            result = self.analyze(inputs)
+        except InputError as error:
+            raise AnalysisFailedError(error.code, str(error)) from error
+        except Exception as error:  # a model or reader bug: fail this study, keep the node up
+            log.exception("analysis_error", study_instance_uid=uid)
+            raise AnalysisFailedError(
+                FailureCode.ANALYSIS_ERROR.value, f"{type(error).__name__}: {error}"
+            ) from error
+        timings = {
+            "decode_s": inputs.decode_s,
+            "analysis_s": time.perf_counter() - started,
+            "model_s": float(result.timings_s.get("total_s", 0.0)),
+        }
+
+        started = time.perf_counter()
+        try:
+            # highdicom warns with the Patient's Name in the message (a name of one
+            # component, for example), so warnings are logged without their text.
+            # catch_warnings is process-wide: other threads' warnings meanwhile land here.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                datasets = self.encode(result, selected)
+            for warning in caught:
+                log.warning(
+                    "encoding_warning",
+                    study_instance_uid=uid,
+                    category=warning.category.__name__,
+                    source=f"{Path(warning.filename).name}:{warning.lineno}",
+                )
+        except Exception as error:  # highdicom and the encoders raise ValueError and others
+            log.exception("encoding_error", study_instance_uid=uid)
+            raise AnalysisFailedError(
+                FailureCode.ENCODING_ERROR.value, f"{type(error).__name__}: {error}"
+            ) from error
+        try:
+            objects = self.outbox.write(uid, datasets)
+        except OSError as error:
+            raise AnalysisFailedError(
+                FailureCode.OUTBOX_WRITE_FAILED.value,
+                f"result files cannot be written to {self.outbox.study_dir(uid)}: "
+                f"{error.strerror}; free disk space or fix the folder's permissions, then "
+                "send the study again",
+            ) from error
+        timings["encode_s"] = time.perf_counter() - started
+        return objects, timings
+
+    def encode(self, result: StudyResult, selected: SelectedInputs) -> list[Dataset]:
+        """Build the SR and the Secondary Captures with UIDs fixed by inputs and bundle."""
+        import pydicom
+
+        assert selected.fingerprint is not None
+        sources = [
+            pydicom.dcmread(instance.path, stop_before_pixels=True)
+            for instance in selected.instances
+        ]
+        checksum = self.bundle_config.weights_sha256
+        sr = build_sr(
+            result,
+            self.bundle_config,
+            sources,
+            series_number=SR_SERIES_NUMBER,
+            device=self.device,
+            series_instance_uid=result_uid("sr-series", selected.fingerprint, checksum),
+            sop_instance_uid=result_uid("sr", selected.fingerprint, checksum),
+        )
+        captures = build_secondary_captures(
+            result, self.bundle_config, sources, series_number=SC_SERIES_NUMBER, device=self.device
+        )
+        fix_capture_uids(captures, selected.fingerprint, checksum)
+        return [sr, *captures]
+
+    def _skip(self, uid: str, reason: SkipReason) -> AnalysisOutcome:
+        self.jobstore.transition(
+            uid, StudyState.SKIPPED, reason=reason.value, expected=StudyState.ANALYSING
+        )
+        log.info("study_skipped", study_instance_uid=uid, reason=reason.value)
+        return AnalysisOutcome(uid, StudyState.SKIPPED, reason.value)
+
+    def _fail(
+        self, uid: str, job_id: int, code: str, message: str, started: float
+    ) -> AnalysisOutcome:
+        duration_s = round(time.perf_counter() - started, 4)
+        self.jobstore.transition(
+            uid,
+            StudyState.FAILED,
+            reason=code,
+            expected=StudyState.ANALYSING,
+            details={"job_id": job_id, "message": message},
+        )
+        self.jobstore.finish_job(job_id, succeeded=False, error=f"{code}: {message}")
+        log.warning(
+            "analysis_failed",
+            study_instance_uid=uid,
+            job_id=job_id,
+            error_code=code,
+            error=message,
+            duration_s=duration_s,
+        )
+        return AnalysisOutcome(uid, StudyState.FAILED, code, job_id)
+
+
+def fix_capture_uids(captures: Sequence[Dataset], fingerprint: str, checksum: str) -> None:
+    """Replace the random Series and SOP Instance UIDs of Secondary Captures with fixed ones.
+
+    Each UID is derived from the input fingerprint, the weights checksum, the
+    Series Number (one per hip) and the Instance Number, so analysing the same
+    inputs again gives the same UIDs.
+    """
+    for capture in captures:
+        series_number = str(capture.SeriesNumber)
+        capture.SeriesInstanceUID = result_uid("sc-series", fingerprint, checksum, series_number)
+        instance_number = str(capture.InstanceNumber)
+        sop_uid = result_uid("sc", fingerprint, checksum, series_number, instance_number)
+        capture.SOPInstanceUID = sop_uid
+        file_meta = getattr(capture, "file_meta", None)
+        if file_meta is not None:
+            file_meta.MediaStorageSOPInstanceUID = sop_uid
