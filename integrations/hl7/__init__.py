@@ -1,0 +1,1 @@
+"""HL7 v2 intake: MLLP listener, watched folder, parser, acknowledgements and message store."""

@@ -1,0 +1,317 @@
+"""Watched folder for HL7 v2 files, for sites that export messages as files.
+
+A file is processed once it is complete: when it was renamed into the folder
+(the usual way to publish a finished file), or when its size and modification
+time have not changed for ``[hl7] watch_stable_s``. Names starting with a dot
+or ending in ``.tmp``, ``.part``, ``.partial`` or ``.filepart`` are files still
+being written and are left alone. A file may hold several messages: MLLP
+framed, one after the other, or inside FHS/BHS batch envelopes. After all its
+messages went through the same intake as MLLP, the file moves to ``done/``
+when every message was accepted, or to ``failed/`` beside a
+``<name>.reason.txt`` that lists each message's outcome.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from watchdog.events import EventsLostEvent, FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from hipfuse.integrations.hl7.intake import HL7Intake, IntakeOutcome, IntakeResult
+from hipfuse.integrations.hl7.mllp import START_BLOCK, FrameDecoder
+from hipfuse.integrations.hl7.parser import UTF8_BOM
+
+log = structlog.get_logger(__name__)
+
+DONE_DIR_NAME = "done"
+FAILED_DIR_NAME = "failed"
+_IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".filepart")
+# Batch and file envelope segments around messages (HL7 v2 chapter 2, batch protocol).
+_ENVELOPE_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+# A segment starts at the beginning of the data or after a CR or LF; CR and LF
+# bytes never occur inside a multi-byte character of UTF-8 or GB 18030.
+_SEGMENT_START = re.compile(rb"(?:^|(?<=[\r\n]))(?=[A-Z][A-Z0-9]{2})")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """Outcome of one processed file."""
+
+    path: Path
+    moved_to: Path
+    results: tuple[IntakeResult, ...]
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """Whether the file went to ``failed/``."""
+        return self.moved_to.parent.name == FAILED_DIR_NAME
+
+
+def split_file_messages(data: bytes, max_message_bytes: int) -> list[bytes]:
+    """Split the content of an HL7 file into message byte strings.
+
+    MLLP-framed content is split at its frames; other content at each MSH
+    segment, with batch envelope segments removed. A UTF-8 byte order mark
+    before a message stays with it, where the parser removes it.
+    """
+    if START_BLOCK in data:
+        decoder = FrameDecoder(max_message_bytes)
+        frames = decoder.feed(data)
+        leftover = decoder.close()
+        if leftover is not None:
+            frames.append(leftover)
+        return [frame.payload for frame in frames]
+    data = data.removeprefix(UTF8_BOM)
+    messages: list[bytes] = []
+    for chunk in _split_segments_keep_terminators(data):
+        # A segment ID is followed by the field separator, never by a letter or
+        # digit. This distinguishes an envelope segment from a note line "BTS ...".
+        segment_id = chunk[:3] if not chunk[3:4].isalnum() else b""
+        if segment_id in _ENVELOPE_SEGMENTS:
+            continue
+        if segment_id == b"MSH" or not messages:
+            messages.append(chunk)
+        else:
+            messages[-1] += chunk
+    return [message for message in messages if message.strip(b"\r\n\t ")]
+
+
+def _split_segments_keep_terminators(data: bytes) -> list[bytes]:
+    starts = [match.start() for match in _SEGMENT_START.finditer(data)]
+    if not starts or starts[0] != 0:
+        starts.insert(0, 0)
+    starts.append(len(data))
+    return [data[a:b] for a, b in itertools.pairwise(starts) if a < b]
+
+
+def _is_candidate(path: Path) -> bool:
+    name = path.name
+    return not name.startswith(".") and not name.lower().endswith(_IN_PROGRESS_SUFFIXES)
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, watcher: HL7FolderWatcher) -> None:
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, EventsLostEvent):
+            self.watcher.request_rescan()
+            return
+        if event.is_directory:
+            return
+        if event.event_type == "moved":
+            self.watcher.note(Path(os.fsdecode(event.dest_path)), renamed_in=True)
+        elif event.event_type in ("created", "modified", "closed"):
+            self.watcher.note(Path(os.fsdecode(event.src_path)))
+
+
+class HL7FolderWatcher:
+    """Process HL7 files dropped into a folder, once each is complete.
+
+    Parameters
+    ----------
+    watch_dir
+        The folder; ``done/`` and ``failed/`` are created inside it.
+    intake
+        Stores and acknowledges each message of a file.
+    stable_s
+        Seconds a file's size and modification time must stay unchanged.
+    poll_interval_s
+        Seconds between checks of the files waiting to become stable.
+    rescan_interval_s
+        Seconds between full listings of the folder, which catch files whose
+        events were lost.
+    clock
+        Monotonic seconds; tests pass a controllable clock.
+    """
+
+    def __init__(
+        self,
+        watch_dir: Path,
+        intake: HL7Intake,
+        *,
+        stable_s: float,
+        poll_interval_s: float = 0.5,
+        rescan_interval_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.watch_dir = Path(watch_dir)
+        self.intake = intake
+        self.stable_s = stable_s
+        self.poll_interval_s = poll_interval_s
+        self.rescan_interval_s = rescan_interval_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        # path -> (size, mtime_ns, monotonic time the pair was first seen); a
+        # renamed-in file has time -inf, so it is ready at once.
+        self._pending: dict[Path, tuple[int, int, float]] = {}
+        self._rescan = threading.Event()
+        self._stop = threading.Event()
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def done_dir(self) -> Path:
+        """Folder of files whose messages were all accepted."""
+        return self.watch_dir / DONE_DIR_NAME
+
+    @property
+    def failed_dir(self) -> Path:
+        """Folder of files with a rejected message, beside their reason files."""
+        return self.watch_dir / FAILED_DIR_NAME
+
+    def start(self) -> None:
+        """Create the folders, queue files already there and start watching."""
+        for folder in (self.watch_dir, self.done_dir, self.failed_dir):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.rescan()
+        observer = Observer()
+        observer.schedule(_Events(self), str(self.watch_dir), recursive=False)
+        observer.start()
+        self._observer = observer
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="hl7-folder", daemon=True)
+        self._thread.start()
+        log.info("hl7_folder_watch_started", watch_dir=str(self.watch_dir))
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop watching; a file being processed is finished first."""
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout_s)
+            self._observer = None
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        log.info("hl7_folder_watch_stopped", watch_dir=str(self.watch_dir))
+
+    def note(self, path: Path, *, renamed_in: bool = False) -> None:
+        """Queue a file of the watched folder for processing once it is complete."""
+        if path.parent != self.watch_dir or not _is_candidate(path):
+            return
+        with self._lock:
+            if renamed_in:
+                self._pending[path] = (-1, -1, float("-inf"))
+            else:
+                self._pending.setdefault(path, (-1, -1, self.clock()))
+
+    def request_rescan(self) -> None:
+        """Ask the watcher thread to list the folder again."""
+        self._rescan.set()
+
+    def rescan(self) -> None:
+        """Queue every candidate file in the folder."""
+        with os.scandir(self.watch_dir) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    self.note(Path(entry.path))
+
+    def process_ready(self) -> list[FileResult]:
+        """Process the queued files that are complete; return what was done."""
+        now = self.clock()
+        ready = []
+        with self._lock:
+            for path, (size, mtime_ns, since) in list(self._pending.items()):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    del self._pending[path]
+                    continue
+                if since == float("-inf"):
+                    ready.append(path)
+                elif (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
+                    self._pending[path] = (stat.st_size, stat.st_mtime_ns, now)
+                elif now - since >= self.stable_s:
+                    ready.append(path)
+            for path in ready:
+                del self._pending[path]
+        results = []
+        for path in sorted(ready):
+            result = self.process_file(path)
+            if result is not None:
+                results.append(result)
+        return results
+
+    def process_file(self, path: Path) -> FileResult | None:
+        """Process every message of one file and move it to ``done/`` or ``failed/``.
+
+        Returns ``None`` when the file vanished before it could be read.
+        """
+        source = f"file:{path.name}"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.error("hl7_file_read_failed", file=path.name, error=str(exc))
+            return self._finish(path, (), f"the file could not be read: {exc.strerror}")
+        messages = split_file_messages(data, self.intake.settings.max_message_bytes)
+        if not messages:
+            return self._finish(path, (), "the file holds no HL7 message (no MSH segment)")
+        results = tuple(self.intake.process(message, source) for message in messages)
+        return self._finish(path, results, "")
+
+    def _finish(self, path: Path, results: tuple[IntakeResult, ...], reason: str) -> FileResult:
+        rejected = [r for r in results if r.outcome is IntakeOutcome.REJECTED]
+        failed = bool(reason) or bool(rejected)
+        target_dir = self.failed_dir if failed else self.done_dir
+        target = _free_name(target_dir / path.name)
+        os.replace(path, target)
+        if failed:
+            lines = [reason] if reason else []
+            for number, result in enumerate(results, start=1):
+                outcome = f"{result.ack_code.value} {result.outcome.value}"
+                detail = f": {result.reason}" if result.reason else ""
+                control_id = result.control_id or "(none)"
+                lines.append(f"message {number}, control ID {control_id}: {outcome}{detail}")
+            reason_path = target.with_name(target.name + ".reason.txt")
+            reason_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            reason = reason or f"{len(rejected)} of {len(results)} messages rejected"
+        emit = log.warning if failed else log.info
+        emit(
+            "hl7_file_processed",
+            file=path.name,
+            moved_to=str(target.relative_to(self.watch_dir)),
+            messages=len(results),
+            rejected=len(rejected),
+        )
+        return FileResult(path, target, results, reason)
+
+    def _run(self) -> None:
+        last_rescan = self.clock()
+        while not self._stop.wait(self.poll_interval_s):
+            if self._rescan.is_set() or self.clock() - last_rescan >= self.rescan_interval_s:
+                self._rescan.clear()
+                last_rescan = self.clock()
+                try:
+                    self.rescan()
+                except OSError as exc:
+                    log.error("hl7_folder_rescan_failed", error=str(exc))
+            try:
+                self.process_ready()
+            except OSError as exc:
+                # A file that could not be moved is queued again by the next rescan,
+                # and its messages come back as duplicates.
+                log.error("hl7_folder_processing_failed", error=str(exc))
+
+
+def _free_name(target: Path) -> Path:
+    if not target.exists():
+        return target
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for counter in range(1, 1000):
+        candidate = target.with_name(f"{target.name}.{stamp}-{counter}")
+        if not candidate.exists():
+            return candidate
+    raise FileExistsError(f"no free name for {target} after 999 tries; empty {target.parent}")
