@@ -1,4 +1,4 @@
-"""``hipfuse-train``: simulate cohorts, train bundles, build the demo bundle, evaluate.
+"""``hipfuse-train``: simulate, train, build the demo bundle, evaluate, ablate, report.
 
 Heavy modules (torch, transformers, the simulator) are imported only after the
 arguments are parsed, so ``--help`` and argument errors are instant. The
@@ -29,6 +29,8 @@ DEFAULT_MODALITY_DROPOUT = 0.25
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_SIMULATED_PATIENTS = 100
 DEFAULT_ZH_FRACTION = 0.5
+DEFAULT_POINTING_TOLERANCE_MM = 0.0
+DEFAULT_GALLERY_PER_CLASS = 2
 
 # The demo bundle: enough simulated patients for a stable validation AUC, few
 # enough epochs to finish in minutes on two CPU cores.
@@ -42,12 +44,13 @@ DEMO_ZH_FRACTION = 0.5
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with its four subcommands."""
+    """Build the argument parser with its six subcommands."""
     parser = argparse.ArgumentParser(
         prog="hipfuse-train",
         description=(
             "Simulate cohorts, train hip classifier bundles on cohort manifests, build "
-            "the demo bundle, and evaluate bundles or prediction files."
+            "the demo bundle, evaluate bundles or prediction files, compare modality "
+            "subsets, and write HTML reports."
         ),
     )
     parser.add_argument(
@@ -60,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(commands)
     _add_demo_bundle(commands)
     _add_evaluate(commands)
+    # Imported here because that module reads this one's defaults.
+    from hipfuse.training.cli_research import add_ablate, add_report
+
+    add_ablate(commands)
+    add_report(commands)
     return parser
 
 
@@ -92,7 +100,8 @@ def _add_simulate(commands: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_training_options(command: argparse.ArgumentParser) -> None:
+def add_training_options(command: argparse.ArgumentParser) -> None:
+    """Add the options every training command shares (epochs, optimiser, devices, caches)."""
     command.add_argument(
         "--epochs",
         type=int,
@@ -268,7 +277,7 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         help="fraction of patients in the validation split when the manifest has no split "
         f"column (default: {DEFAULT_VALIDATION_FRACTION})",
     )
-    _add_training_options(command)
+    add_training_options(command)
 
 
 def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:
@@ -327,10 +336,12 @@ def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     command = commands.add_parser(
         "evaluate",
-        help="AUC with DeLong and bootstrap intervals, calibration, decision curves",
+        help="AUC with DeLong and bootstrap intervals, calibration, decision curves, Grad-CAM",
         description=(
             "Evaluate a bundle on a cohort manifest (--bundle and --manifest), or "
-            "evaluate and compare the models of a predictions CSV (--predictions)."
+            "evaluate and compare the models of a predictions CSV (--predictions). With a "
+            "bundle, also write modality attention weights, a Grad-CAM gallery, and Grad-CAM "
+            "localisation figures when the manifest has lesion mask columns."
         ),
     )
 
@@ -381,6 +392,29 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         help="crop and text-embedding cache (default: <out>/cache)",
     )
 
+    command.add_argument(
+        "--pointing-tolerance-mm",
+        type=float,
+        default=DEFAULT_POINTING_TOLERANCE_MM,
+        help="distance in mm by which lesion masks are grown for the Grad-CAM pointing game "
+        f"(default: {DEFAULT_POINTING_TOLERANCE_MM:g})",
+    )
+
+    command.add_argument(
+        "--no-localisation",
+        action="store_true",
+        help="skip Grad-CAM localisation even when the manifest has lesion mask columns "
+        "(default: scored when present)",
+    )
+
+    command.add_argument(
+        "--gallery-per-class",
+        type=int,
+        default=DEFAULT_GALLERY_PER_CLASS,
+        help="hips per true class rendered as Grad-CAM overlays for the report, 0 for none "
+        f"(default: {DEFAULT_GALLERY_PER_CLASS})",
+    )
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return the process exit status."""
@@ -391,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("evaluate needs --bundle and --manifest, or --predictions")
         if args.predictions is not None and (args.bundle or args.manifest):
             parser.error("give either --predictions or --bundle with --manifest, not both")
-    for option in ("manifest", "init_from", "bundle", "predictions"):
+    for option in ("manifest", "init_from", "bundle", "predictions", "evaluation", "ablation"):
         path = getattr(args, option, None)
         if path is not None and not path.exists():
             parser.error(f"--{option.replace('_', '-')} {path}: no such file or folder")
@@ -400,13 +434,15 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(args.log_level)
 
-    from hipfuse.training import cli_commands
+    from hipfuse.training import cli_commands, cli_research
 
     handlers = {
         "simulate": cli_commands.run_simulate,
         "fit": cli_commands.run_fit,
         "demo-bundle": cli_commands.run_demo_bundle,
         "evaluate": cli_commands.run_evaluate,
+        "ablate": cli_research.run_ablate,
+        "report": cli_research.run_report,
     }
     try:
         return handlers[args.command](args)

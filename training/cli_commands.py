@@ -17,8 +17,9 @@ from hipfuse.inference.model.bundle import BundleError
 from hipfuse.inference.types import InputError
 from hipfuse.training.checkpoint import CheckpointError
 from hipfuse.training.cohort import CohortError
-from hipfuse.training.evaluate import PredictionsError
 from hipfuse.training.fit import FitError
+from hipfuse.training.predictions_io import PredictionsError
+from hipfuse.training.report import ReportError
 from hipfuse.training.splits import SplitError
 
 log = structlog.get_logger(__name__)
@@ -36,6 +37,7 @@ INPUT_ERRORS: tuple[type[Exception], ...] = (
     CheckpointError,
     PredictionsError,
     InputError,
+    ReportError,
 )
 BUNDLE_ERRORS: tuple[type[Exception], ...] = (BundleError,)
 
@@ -105,22 +107,9 @@ def _fit_config(args: argparse.Namespace):
 
 
 def _fit(cohort, config, args: argparse.Namespace, *, external_centres: list[str]):
-    from dataclasses import replace
-
-    from hipfuse.training.augment import AugmentSettings
     from hipfuse.training.fit import fit
 
-    augment = AugmentSettings(modality_dropout=args.modality_dropout)
-    if args.no_augment:
-        augment = replace(
-            augment,
-            log_scale=0.0,
-            radiograph_log_gamma=0.0,
-            radiograph_contrast=0.0,
-            radiograph_brightness=0.0,
-            ct_gain=0.0,
-            ct_offset_hu=0.0,
-        )
+    augment = augment_settings(args)
     return fit(
         cohort,
         config,
@@ -146,6 +135,26 @@ def _fit(cohort, config, args: argparse.Namespace, *, external_centres: list[str
         progress=not args.no_progress,
         n_bootstrap=args.bootstrap,
     )
+
+
+def augment_settings(args: argparse.Namespace):
+    """Return the augmentation settings of ``--modality-dropout`` and ``--no-augment``."""
+    from dataclasses import replace
+
+    from hipfuse.training.augment import AugmentSettings
+
+    augment = AugmentSettings(modality_dropout=args.modality_dropout)
+    if args.no_augment:
+        augment = replace(
+            augment,
+            log_scale=0.0,
+            radiograph_log_gamma=0.0,
+            radiograph_contrast=0.0,
+            radiograph_brightness=0.0,
+            ct_gain=0.0,
+            ct_offset_hu=0.0,
+        )
+    return augment
 
 
 def run_demo_bundle(args: argparse.Namespace) -> int:
@@ -248,17 +257,24 @@ def _print_result(result: Any) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a manifest, or the models of a predictions CSV."""
-    from hipfuse.training.evaluate import (
-        compare_models,
-        evaluate_predictions,
-        read_predictions_csv,
-        write_evaluation,
-    )
+    from hipfuse.training.evaluate import evaluate_predictions
+    from hipfuse.training.evaluation_files import write_evaluation
+    from hipfuse.training.model_comparison import compare_models
+    from hipfuse.training.predictions_io import read_predictions_csv
 
     out = Path(args.out)
     if args.predictions is not None:
         by_model = read_predictions_csv(args.predictions)
     else:
+        if args.pointing_tolerance_mm < 0:
+            raise CommandError(
+                f"--pointing-tolerance-mm is {args.pointing_tolerance_mm}: use 0 or a positive "
+                "distance"
+            )
+        if args.gallery_per_class < 0:
+            raise CommandError(
+                f"--gallery-per-class is {args.gallery_per_class}: use 0 (no gallery) or more"
+            )
         by_model = {"bundle": _bundle_predictions(args)}
     for name, predictions in by_model.items():
         result = evaluate_predictions(predictions, seed=args.seed, n_bootstrap=args.bootstrap)
@@ -274,7 +290,37 @@ def run_evaluate(args: argparse.Namespace) -> int:
         path = out / "comparison.json"
         path.write_text(json.dumps(comparison, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         print(f"comparison: {path}")
+    if args.predictions is None:
+        _explain_bundle(args, out)
     return 0
+
+
+def _explain_bundle(args: argparse.Namespace, out: Path) -> None:
+    """Score Grad-CAM localisation (when the manifest has masks) and render the gallery."""
+    from hipfuse.inference.model.bundle import load_bundle
+    from hipfuse.training.cohort import Split, load_cohort
+    from hipfuse.training.localisation import (
+        format_localisation,
+        has_mask_columns,
+        localise_cohort,
+        summarise_localisation,
+        write_localisation,
+    )
+    from hipfuse.training.report_gallery import write_gallery
+
+    cohort = load_cohort(args.manifest)
+    hips = [hip for hip in cohort.hips if args.split is None or hip.split is Split(args.split)]
+    if args.no_localisation and args.gallery_per_class == 0:
+        return
+    bundle = load_bundle(args.bundle, device=args.device)
+    if has_mask_columns(cohort) and not args.no_localisation:
+        rows = localise_cohort(bundle, cohort, hips, tolerance_mm=args.pointing_tolerance_mm)
+        summary = summarise_localisation(rows, args.pointing_tolerance_mm)
+        write_localisation(rows, summary, out)
+        print("\n".join(format_localisation(summary)))
+    if args.gallery_per_class > 0:
+        index = write_gallery(bundle, hips, out, per_class=args.gallery_per_class)
+        print(f"gallery: {len(index['entries'])} hips -> {out / 'gallery'}")
 
 
 def _bundle_predictions(args: argparse.Namespace):
@@ -282,12 +328,17 @@ def _bundle_predictions(args: argparse.Namespace):
     import torch
 
     from hipfuse.inference.model.bundle import load_bundle
+    from hipfuse.training.attention_weights import (
+        ATTENTION_FILE_NAME,
+        collect_attention,
+        write_attention,
+    )
     from hipfuse.training.batches import CropSource
     from hipfuse.training.cohort import Split, load_cohort
     from hipfuse.training.crops import prepare_crops
-    from hipfuse.training.evaluate import Predictions
     from hipfuse.training.fit_report import write_predictions
     from hipfuse.training.loop import class_weights, evaluate
+    from hipfuse.training.predictions_io import Predictions
 
     bundle = load_bundle(args.bundle, device=args.device)
     cohort = load_cohort(args.manifest)
@@ -305,6 +356,12 @@ def _bundle_predictions(args: argparse.Namespace):
     hips = [hip for hip in hips if hip.hip_id in crops.hips]
     source = CropSource(hips, crops, bundle.config.preprocessing)
     evaluation = evaluate(bundle.model, source, class_weights(source.labels), bundle.device)
+    write_attention(
+        Path(args.out) / ATTENTION_FILE_NAME,
+        source.hip_ids,
+        source.labels,
+        collect_attention(bundle.model, source, bundle.device),
+    )
     logits = torch.from_numpy(evaluation.logits)
     probabilities = torch.softmax(logits / bundle.model.temperature.cpu(), dim=1).double().numpy()
     write_predictions(

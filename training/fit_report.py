@@ -63,7 +63,8 @@ def evaluate_split(
     n_bootstrap: int,
 ) -> dict[str, Any]:
     """Evaluate one split, write its files under ``out_dir / split``, return the compact figures."""
-    from hipfuse.training.evaluate import evaluate_predictions, write_evaluation
+    from hipfuse.training.evaluate import evaluate_predictions
+    from hipfuse.training.evaluation_files import write_evaluation
 
     split_dir = out_dir / split.value
     write_predictions(

@@ -26,8 +26,8 @@ from hipfuse.training.augment import AugmentSettings
 from hipfuse.training.batches import EpochDraw, HipSource
 from hipfuse.training.checkpoint import TrainingState, save_checkpoint
 from hipfuse.training.cohort import Split
+from hipfuse.training.delong import binary_auc
 from hipfuse.training.distributed import DistributedContext, GlobalBatchSampler
-from hipfuse.training.metrics import binary_auc
 
 log = structlog.get_logger(__name__)
 

@@ -11,8 +11,8 @@ from scipy import special
 from sklearn import metrics as skm
 
 from hipfuse.inference.types import HIP_CLASSES, HipClass
-from hipfuse.training import evaluate, metrics
-from hipfuse.training.evaluate import PredictionsError
+from hipfuse.training import delong, evaluate, evaluation_files, model_comparison, predictions_io
+from hipfuse.training.predictions_io import PredictionsError
 
 CLASS_NAMES = [c.value for c in HIP_CLASSES]
 
@@ -126,7 +126,7 @@ def test_per_class_intervals_bracket_estimates(result, metric):
 
 def test_auc_ci_is_delong(cohort, result):
     labels, _, probabilities = cohort
-    estimate = metrics.delong_auc(labels == CLASS_NAMES[2], probabilities[:, 2])
+    estimate = delong.delong_auc(labels == CLASS_NAMES[2], probabilities[:, 2])
 
     assert result["auc_ci"][CLASS_NAMES[2]] == [estimate.ci_low, estimate.ci_high]
     assert result["auc_variance"][CLASS_NAMES[2]] == estimate.variance
@@ -274,7 +274,7 @@ def test_read_single_model_csv(tmp_path):
         tmp_path / "p.csv", [GOOD_ROW, ["osteoarthritis", "P1", "0.2", "0.5", "0.2", "0.1"]]
     )
 
-    by_model = evaluate.read_predictions_csv(path)
+    by_model = predictions_io.read_predictions_csv(path)
 
     assert list(by_model) == ["model"]
     predictions = by_model["model"]
@@ -342,7 +342,7 @@ def test_invalid_csv_reports_line_and_column(tmp_path, rows, header, expected):
     path = _write_predictions(tmp_path / "p.csv", rows, header)
 
     with pytest.raises(PredictionsError) as raised:
-        evaluate.read_predictions_csv(path)
+        predictions_io.read_predictions_csv(path)
 
     problems = raised.value.problems
     assert len(problems) == len(expected)
@@ -363,7 +363,7 @@ def test_invalid_csv_reports_every_problem_at_once(tmp_path):
     path = _write_predictions(tmp_path / "p.csv", rows)
 
     with pytest.raises(PredictionsError, match="has 4 problem") as raised:
-        evaluate.read_predictions_csv(path)
+        predictions_io.read_predictions_csv(path)
 
     found = {(p.line, p.column) for p in raised.value.problems}
     assert found == {(3, None), (4, "label"), (5, "patient_id"), (5, "prob_normal")}
@@ -373,7 +373,7 @@ def test_expected_classes_checked(tmp_path):
     path = _write_predictions(tmp_path / "p.csv", [GOOD_ROW])
 
     with pytest.raises(PredictionsError) as raised:
-        evaluate.read_predictions_csv(path, class_names=[*CLASS_NAMES[:3], "dysplasia"])
+        predictions_io.read_predictions_csv(path, class_names=[*CLASS_NAMES[:3], "dysplasia"])
 
     messages = {(p.column, p.message) for p in raised.value.problems}
     assert ("prob_dysplasia", "missing column") in messages
@@ -397,18 +397,18 @@ def _two_model_csv(tmp_path, shuffle_second=False, seed=0):
 def test_two_models_pair_by_case_id(tmp_path):
     path, labels, fusion, weaker = _two_model_csv(tmp_path, shuffle_second=True)
 
-    by_model = evaluate.read_predictions_csv(path)
-    comparison = evaluate.compare_models(by_model, n_bootstrap=200, seed=1)
+    by_model = predictions_io.read_predictions_csv(path)
+    comparison = model_comparison.compare_models(by_model, n_bootstrap=200, seed=1)
 
     assert list(by_model) == ["fusion", "xray_only"]
     pair = comparison["comparisons"][0]
     assert (pair["first"], pair["second"], pair["n_cases"]) == ("fusion", "xray_only", 120)
     name = CLASS_NAMES[0]
-    expected = metrics.delong_test(labels == name, fusion[:, 0], weaker[:, 0])
+    expected = delong.delong_test(labels == name, fusion[:, 0], weaker[:, 0])
     assert pair["per_class"][name]["z"] == pytest.approx(expected.z, rel=1e-9)
     assert pair["per_class"][name]["p_value"] == pytest.approx(expected.p_value, rel=1e-9)
     y = np.array([CLASS_NAMES.index(v) for v in labels])
-    macro = metrics.macro_delong_test(y, fusion, weaker)
+    macro = delong.macro_delong_test(y, fusion, weaker)
     assert pair["macro"]["z"] == pytest.approx(macro.z, rel=1e-9)
     low, high = pair["macro_difference_bootstrap_ci"]
     assert low < pair["macro"]["difference"] < high
@@ -419,8 +419,12 @@ def test_shuffled_rows_give_same_comparison(tmp_path):
     ordered, *_ = _two_model_csv(tmp_path, shuffle_second=False)
     shuffled, *_ = _two_model_csv(tmp_path, shuffle_second=True)
 
-    first = evaluate.compare_models(evaluate.read_predictions_csv(ordered), n_bootstrap=50)
-    second = evaluate.compare_models(evaluate.read_predictions_csv(shuffled), n_bootstrap=50)
+    first = model_comparison.compare_models(
+        predictions_io.read_predictions_csv(ordered), n_bootstrap=50
+    )
+    second = model_comparison.compare_models(
+        predictions_io.read_predictions_csv(shuffled), n_bootstrap=50
+    )
 
     assert first == second
 
@@ -433,7 +437,7 @@ def test_pairing_problems_reported(tmp_path):
     frame.loc[131, "case_id"] = frame.loc[130, "case_id"]
 
     with pytest.raises(PredictionsError) as raised:
-        evaluate.predictions_from_frame(frame)
+        predictions_io.predictions_from_frame(frame)
 
     messages = [str(p) for p in raised.value.problems]
     assert any("model 'fusion' has no row for case_id 'C005'" in m for m in messages)
@@ -443,20 +447,24 @@ def test_pairing_problems_reported(tmp_path):
 
 def test_compare_models_rejects_different_cases():
     labels, patient_ids, probabilities = _cohort(20)
-    first = evaluate.Predictions.from_arrays(labels, patient_ids, probabilities, model_name="a")
-    second = evaluate.Predictions.from_arrays(
+    first = predictions_io.Predictions.from_arrays(
+        labels, patient_ids, probabilities, model_name="a"
+    )
+    second = predictions_io.Predictions.from_arrays(
         labels[:-2], patient_ids[:-2], probabilities[:-2], model_name="b"
     )
 
     with pytest.raises(ValueError, match="same cases"):
-        evaluate.compare_models([first, second])
+        model_comparison.compare_models([first, second])
 
 
 def test_from_arrays_reports_all_problems():
     probabilities = np.array([[0.5, 0.5, 0, 0], [0.9, 0.9, 0, 0], [np.nan, 0.5, 0.5, 0]])
 
     with pytest.raises(PredictionsError) as raised:
-        evaluate.Predictions.from_arrays(["normal", "hip", "normal"], ["a", "", "c"], probabilities)
+        predictions_io.Predictions.from_arrays(
+            ["normal", "hip", "normal"], ["a", "", "c"], probabilities
+        )
 
     messages = [str(p) for p in raised.value.problems]
     assert len(messages) == 4
@@ -470,7 +478,7 @@ def test_from_arrays_reports_all_problems():
 
 
 def test_write_evaluation_files(tmp_path, result):
-    written = evaluate.write_evaluation(result, tmp_path / "out")
+    written = evaluation_files.write_evaluation(result, tmp_path / "out")
 
     names = sorted(p.name for p in written)
     assert names == [
@@ -505,7 +513,7 @@ def test_write_evaluation_leaves_undefined_cells_empty(tmp_path):
         labels=labels, patient_ids=patient_ids, probabilities=probabilities, n_bootstrap=20
     )
 
-    evaluate.write_evaluation(result, tmp_path)
+    evaluation_files.write_evaluation(result, tmp_path)
 
     rows = list(csv.DictReader((tmp_path / "per_class.csv").open()))
     assert rows[3]["auc"] == ""

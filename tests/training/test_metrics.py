@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from hipfuse.training import metrics
+from hipfuse.training import delong, metrics
 from hipfuse.training.metrics import UndefinedReason
 
 
@@ -91,9 +91,9 @@ def test_auc_matches_sklearn(case):
     n_classes = probabilities.shape[1]
     one_hot = labels[:, None] == np.arange(n_classes)
 
-    estimates = metrics.one_vs_rest_auc(labels, probabilities)
-    macro, reason = metrics.macro_auc([e.auc for e in estimates])
-    micro = metrics.micro_auc(labels, probabilities)
+    estimates = delong.one_vs_rest_auc(labels, probabilities)
+    macro, reason = delong.macro_auc([e.auc for e in estimates])
+    micro = delong.micro_auc(labels, probabilities)
 
     for k, estimate in enumerate(estimates):
         expected = skm.roc_auc_score(one_hot[:, k], probabilities[:, k])
@@ -114,7 +114,7 @@ def test_binary_auc_counts_ties_half():
     scores = np.array([0.5, 0.5, 0.9, 0.1])
 
     # Pairs (pos, neg): (0.5, 0.5) tie = 0.5, (0.5, 0.1) = 1, (0.9, 0.5) = 1, (0.9, 0.1) = 1.
-    assert metrics.binary_auc(is_positive, scores) == pytest.approx(3.5 / 4)
+    assert delong.binary_auc(is_positive, scores) == pytest.approx(3.5 / 4)
 
 
 UNDEFINED_CASES = {
@@ -154,8 +154,8 @@ def test_absent_class_auc_undefined():
     labels = np.array([0, 1, 0, 1, 0, 1])
     probabilities = _softmax(np.random.default_rng(0).normal(size=(6, 3)))
 
-    estimates = metrics.one_vs_rest_auc(labels, probabilities)
-    macro, reason = metrics.macro_auc([e.auc for e in estimates])
+    estimates = delong.one_vs_rest_auc(labels, probabilities)
+    macro, reason = delong.macro_auc([e.auc for e in estimates])
 
     assert np.isnan(estimates[2].auc)
     assert estimates[2].reason is UndefinedReason.NO_POSITIVES
@@ -166,7 +166,7 @@ def test_absent_class_auc_undefined():
 def test_auc_with_one_positive_has_no_variance():
     is_positive = np.array([True, False, False, False])
 
-    estimate = metrics.delong_auc(is_positive, np.array([0.9, 0.1, 0.2, 0.95]))
+    estimate = delong.delong_auc(is_positive, np.array([0.9, 0.1, 0.2, 0.95]))
 
     assert estimate.auc == pytest.approx(2 / 3)
     assert np.isnan(estimate.variance)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hipfuse.training import metrics
+from hipfuse.training import bootstrap, delong, metrics
 from hipfuse.training.metrics import UndefinedReason
 
 
@@ -17,7 +17,7 @@ def _width(interval):
 
 def test_resampler_keeps_patients_whole():
     patient_ids = np.array(["p1", "p1", "p2", "p3", "p3", "p4"])
-    draw = metrics.resample_patients(patient_ids, np.random.default_rng(0))
+    draw = bootstrap.resample_patients(patient_ids, np.random.default_rng(0))
 
     for _ in range(50):
         indices = draw()
@@ -33,7 +33,7 @@ def test_resampler_keeps_patients_whole():
 
 def test_resampler_draws_as_many_patients_as_exist():
     patient_ids = np.repeat(np.arange(30), 2)
-    draw = metrics.resample_patients(patient_ids, np.random.default_rng(1))
+    draw = bootstrap.resample_patients(patient_ids, np.random.default_rng(1))
 
     sizes = {draw().size for _ in range(20)}
 
@@ -47,13 +47,13 @@ def test_two_identical_hips_give_patient_level_interval():
     correct_per_hip = np.repeat(correct_per_patient, 2)
     patients_of_hips = np.repeat(np.arange(150), 2)
 
-    by_patient = metrics.patient_bootstrap(
+    by_patient = bootstrap.patient_bootstrap(
         _accuracy_statistic(correct_per_hip), patients_of_hips, n_resamples=2000, seed=3
     )["accuracy"]
-    one_hip_each = metrics.patient_bootstrap(
+    one_hip_each = bootstrap.patient_bootstrap(
         _accuracy_statistic(correct_per_patient), np.arange(150), n_resamples=2000, seed=3
     )["accuracy"]
-    by_hip = metrics.patient_bootstrap(
+    by_hip = bootstrap.patient_bootstrap(
         _accuracy_statistic(correct_per_hip), np.arange(300), n_resamples=2000, seed=3
     )["accuracy"]
 
@@ -69,13 +69,13 @@ def test_bootstrap_is_deterministic_for_a_seed():
     correct = rng.random(80) < 0.6
     patients = np.arange(80) // 2
 
-    first = metrics.patient_bootstrap(
+    first = bootstrap.patient_bootstrap(
         _accuracy_statistic(correct), patients, n_resamples=300, seed=9
     )
-    again = metrics.patient_bootstrap(
+    again = bootstrap.patient_bootstrap(
         _accuracy_statistic(correct), patients, n_resamples=300, seed=9
     )
-    other = metrics.patient_bootstrap(
+    other = bootstrap.patient_bootstrap(
         _accuracy_statistic(correct), patients, n_resamples=300, seed=10
     )
 
@@ -89,7 +89,7 @@ def test_bootstrap_interval_is_percentile_of_resamples():
     rng = np.random.default_rng(4)
     expected_values = [correct[rng.integers(0, 10, 10)].mean() for _ in range(500)]
 
-    interval = metrics.patient_bootstrap(
+    interval = bootstrap.patient_bootstrap(
         _accuracy_statistic(correct), patients, n_resamples=500, seed=4, confidence_level=0.9
     )["accuracy"]
 
@@ -104,8 +104,8 @@ def test_bootstrap_skips_undefined_resamples():
     probabilities = np.tile([0.6, 0.4], (20, 1))
     probabilities[0] = [0.2, 0.8]
 
-    intervals = metrics.patient_bootstrap(
-        metrics.resample_statistics(labels, probabilities),
+    intervals = bootstrap.patient_bootstrap(
+        bootstrap.resample_statistics(labels, probabilities),
         np.arange(20),
         n_resamples=400,
         seed=0,
@@ -118,7 +118,7 @@ def test_bootstrap_skips_undefined_resamples():
 
 
 def test_bootstrap_reports_statistic_never_defined():
-    intervals = metrics.patient_bootstrap(
+    intervals = bootstrap.patient_bootstrap(
         lambda indices: {"never": float("nan")}, np.arange(5), n_resamples=10, seed=0
     )
 
@@ -133,23 +133,23 @@ def test_bootstrap_reports_statistic_never_defined():
 )
 def test_bootstrap_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        metrics.patient_bootstrap(lambda indices: {}, np.arange(3), **kwargs)
+        bootstrap.patient_bootstrap(lambda indices: {}, np.arange(3), **kwargs)
 
 
 def test_resample_statistics_match_full_sample_metrics():
     rng = np.random.default_rng(8)
     labels = rng.integers(0, 3, 60)
     probabilities = rng.dirichlet(np.ones(3), size=60)
-    statistic = metrics.resample_statistics(labels, probabilities)
+    statistic = bootstrap.resample_statistics(labels, probabilities)
 
     values = statistic(np.arange(60))
 
     predicted = metrics.predicted_classes(probabilities)
     per_class = metrics.class_metrics(metrics.confusion_matrix(labels, predicted, 3))
-    aucs = [e.auc for e in metrics.one_vs_rest_auc(labels, probabilities)]
+    aucs = [e.auc for e in delong.one_vs_rest_auc(labels, probabilities)]
     assert values["accuracy"] == metrics.accuracy(labels, predicted)
     assert values["macro_auc"] == pytest.approx(np.mean(aucs), abs=1e-12)
-    assert values["micro_auc"] == pytest.approx(metrics.micro_auc(labels, probabilities))
+    assert values["micro_auc"] == pytest.approx(delong.micro_auc(labels, probabilities))
     for k in range(3):
         assert values[f"auc/{k}"] == pytest.approx(aucs[k], abs=1e-12)
         assert values[f"f1/{k}"] == pytest.approx(per_class[k].f1)
