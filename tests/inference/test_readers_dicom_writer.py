@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -68,7 +67,6 @@ def test_nifti_round_trip(tmp_path, canonical_nifti):
     assert volume.identity.series_instance_uid not in ("", IDENTITY.series_instance_uid)
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools dciodvfy not installed")
 @pytest.mark.parametrize(
     "transfer_syntax",
     [

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -121,9 +120,6 @@ def test_different_seed_differs(cohort: Path, tmp_path: Path) -> None:
     assert (cohort / "manifest.csv").read_bytes() != (other / "manifest.csv").read_bytes()
 
 
-@pytest.mark.skipif(
-    shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed"
-)
 def test_dciodvfy_reports_no_errors(cohort: Path, manifest: list[dict[str, str]]) -> None:
     patients = sorted({row["patient_id"] for row in manifest})
     files = []
