@@ -88,7 +88,8 @@ def hip_caption(hip: HipResult, bundle: Bundle, view: str) -> Caption:
     side = "RIGHT" if hip.laterality is Laterality.RIGHT else "LEFT"
     probability = prediction.probabilities[prediction.predicted]
     use = bundle.config.intended_use.value
-    lines = [f"{side} hip: {prediction.predicted.value} p={probability:.2f}", view]
+    class_name = prediction.predicted.value.replace("_", " ")
+    lines = [f"{side} hip: {class_name} p={probability:.2f}", view]
     if use != "clinical":
         lines.append(f"{use.upper()} MODEL - NOT FOR CLINICAL USE")
     return Caption(

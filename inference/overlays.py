@@ -15,6 +15,9 @@ from PIL import Image, ImageDraw, ImageFont
 # and acetabulum are what the reader looks at.
 CT_BONE_WINDOW_HU = (300.0 - 750.0, 300.0 + 750.0)
 
+# Caption glyph height in pixels, legible on a 384-pixel-wide image.
+CAPTION_FONT_PX = 12
+
 # Heat maps below this value are left transparent, so anatomy stays visible
 # where the model paid no attention.
 HEAT_MAP_FLOOR = 0.2
@@ -84,9 +87,10 @@ def burn_in_caption(rgb: np.ndarray, caption: Caption, min_width_px: int = 384) 
         scale = int(np.ceil(min_width_px / image.width))
         image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
+    # Pillow's built-in FreeType font; at its default 10 px spaces vanish.
+    font = ImageFont.load_default(size=CAPTION_FONT_PX)
     lines = (caption.title, *caption.lines)
-    line_height = 12
+    line_height = CAPTION_FONT_PX + 3
     band_height = line_height * len(lines) + 6
     draw.rectangle([0, 0, image.width, band_height], fill=(0, 0, 0))
     for index, line in enumerate(lines):

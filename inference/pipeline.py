@@ -148,11 +148,20 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
     started = time.perf_counter()
     radiograph_regions: dict[Laterality, RadiographRegion] = {}
     if inputs.radiograph is not None:
-        search = find_radiograph_hips(
-            inputs.radiograph, preprocessing.radiograph.crop_px, preprocessing.radiograph.crop_mm
-        )
-        radiograph_regions = search.regions
-        warnings.extend(search.warnings)
+        try:
+            search = find_radiograph_hips(
+                inputs.radiograph,
+                preprocessing.radiograph.crop_px,
+                preprocessing.radiograph.crop_mm,
+            )
+        except InputError as error:
+            if error.code != "hip_not_found" or not (inputs.ct or inputs.text):
+                raise
+            # Another input remains, so the radiograph is masked instead of failing the study.
+            warnings.append(_masked_input_warning("radiograph", error))
+        else:
+            radiograph_regions = search.regions
+            warnings.extend(search.warnings)
     timings["radiograph_regions_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -162,13 +171,19 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
         # The canonical volume carries the reader's warnings plus any from reorienting.
         canonical_ct = reorient_to_canonical(inputs.ct)
         warnings.extend(canonical_ct.warnings)
-        search = find_ct_hips(
-            canonical_ct,
-            tuple(preprocessing.ct.crop_shape),
-            tuple(preprocessing.ct.spacing_mm),
-        )
-        ct_regions = search.regions
-        warnings.extend(search.warnings)
+        try:
+            search = find_ct_hips(
+                canonical_ct,
+                tuple(preprocessing.ct.crop_shape),
+                tuple(preprocessing.ct.spacing_mm),
+            )
+        except InputError as error:
+            if error.code != "hip_not_found" or not (inputs.radiograph or inputs.text):
+                raise
+            warnings.append(_masked_input_warning("CT", error))
+        else:
+            ct_regions = search.regions
+            warnings.extend(search.warnings)
     timings["ct_regions_s"] = time.perf_counter() - started
 
     text = inputs.text.text if inputs.text is not None else None
@@ -222,6 +237,14 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
         **{name: round(value, 4) for name, value in timings.items()},
     )
     return StudyResult(results, inputs.radiograph, canonical_ct, inputs.text, warnings, timings)
+
+
+def _masked_input_warning(name: str, error: InputError) -> InputWarning:
+    return InputWarning(
+        "input_masked",
+        f"no hip was found in the {name} ({error}), so the {name} is left out "
+        "and the model uses the other inputs",
+    )
 
 
 def _side_name(laterality: Laterality) -> str:

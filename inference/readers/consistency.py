@@ -59,10 +59,11 @@ def check_same_patient(
     identified = [(name, identity) for name, identity in sources if _has_patient(identity)]
     anonymous = [name for name, identity in sources if not _has_patient(identity)]
     if anonymous:
+        verb = "carries" if len(anonymous) == 1 else "carry"
         warnings.append(
             InputWarning(
                 WarningCode.PATIENT_IDENTITY_UNCHECKED,
-                f"the {' and the '.join(anonymous)} carry no patient attributes, so it "
+                f"the {' and the '.join(anonymous)} {verb} no patient attributes, so it "
                 "could not be checked that all inputs belong to the same patient",
             )
         )

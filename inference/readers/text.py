@@ -73,6 +73,39 @@ def read_clinical_text(path: Path, *, max_bytes: int = MAX_TEXT_BYTES) -> Clinic
     return ClinicalText(text=text, sources=[path.name])
 
 
+def _looks_like_misread_latin(text: str) -> bool:
+    """Tell whether GB18030-decoded text is more likely Latin-1 read wrongly.
+
+    In Latin-1, "u" with umlaut followed by "f" (as in the German word for hip)
+    is a valid GB18030 pair, so it decodes to one Chinese character wedged
+    between ASCII letters ("H" + CJK + "te"). Chinese
+    notes have runs of several characters, so a note where most non-ASCII runs
+    are single characters inside Latin words is rejected rather than guessed.
+    """
+    runs = 0
+    wedged = 0
+    index = 0
+    while index < len(text):
+        if ord(text[index]) < 128:
+            index += 1
+            continue
+        start = index
+        while index < len(text) and ord(text[index]) >= 128:
+            index += 1
+        runs += 1
+        before = text[start - 1] if start > 0 else ""
+        after = text[index] if index < len(text) else ""
+        if (
+            index - start == 1
+            and before.isascii()
+            and before.isalpha()
+            and after.isascii()
+            and after.isalpha()
+        ):
+            wedged += 1
+    return runs > 0 and wedged * 2 > runs
+
+
 def _decode(data: bytes, path: Path) -> tuple[str, str]:
     for bom, encoding in _BOM_ENCODINGS:
         if data.startswith(bom):
@@ -86,9 +119,17 @@ def _decode(data: bytes, path: Path) -> tuple[str, str]:
                 ) from error
     for encoding in _FALLBACK_ENCODINGS:
         try:
-            return data.decode(encoding), encoding
+            text = data.decode(encoding)
         except UnicodeDecodeError:
             continue
+        if encoding == "gb18030" and _looks_like_misread_latin(text):
+            raise InputError(
+                ErrorCode.TEXT_ENCODING_UNKNOWN,
+                f"{path} is not UTF-8, and read as GB18030 its non-ASCII characters stand "
+                "alone inside Latin words, the mark of ISO 8859-1 or Windows-1252 text; "
+                "save it as UTF-8",
+            )
+        return text, encoding
     raise InputError(
         ErrorCode.TEXT_ENCODING_UNKNOWN,
         f"{path} is not valid UTF-8, UTF-16 or UTF-32 with a byte order mark, or "

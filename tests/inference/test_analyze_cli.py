@@ -184,3 +184,17 @@ def test_analyze_help_is_fast_and_lazy():
     assert completed.returncode == 0
     assert "--radiograph" in completed.stdout
     assert "torch" not in completed.stderr
+
+
+def test_analyze_masks_ct_without_hips(bundle_dir, tmp_path):
+    """An upper-abdomen CT shows no hip: the radiograph is analysed alone."""
+    completed = run_analyze(
+        "--bundle", bundle_dir, "--radiograph", RADIOGRAPH,
+        "--ct", SAMPLES / "ct" / "abdomen_ct_dicom_j2k", "--out", tmp_path, "--no-gradcam",
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    document = json.loads((tmp_path / "result.json").read_text())
+    assert "input_masked" in {warning["code"] for warning in document["warnings"]}
+    for hip in document["hips"]:
+        assert hip["attention"]["ct"] == 0.0
+        assert hip["attention"]["radiograph"] == pytest.approx(1.0)

@@ -94,3 +94,17 @@ def test_missing_file_is_rejected(tmp_path):
         read_clinical_text(tmp_path / "absent.txt")
 
     assert raised.value.code == "file_not_found"
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        pytest.param("Schmerzen in der Hüfte, Patient Müller.", "latin-1", id="de"),
+        pytest.param("Douleur de la hanche, coxarthrose débutante, âgé.", "cp1252", id="fr"),
+    ],
+)
+def test_latin_text_not_misread_as_gb18030(tmp_path, text, encoding):
+    path = tmp_path / "note.txt"
+    path.write_bytes(text.encode(encoding))
+    with pytest.raises(InputError, match="save it as UTF-8"):
+        read_clinical_text(path)
