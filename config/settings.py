@@ -3,7 +3,9 @@
 The shipped ``default.toml`` beside this module documents every key with its
 unit and default. ``load_settings`` reads a file (the shipped defaults when no
 path is given), applies environment variables on top and reports every invalid
-key at once in one :class:`SettingsError`.
+key at once in one :class:`SettingsError`. The ``[hl7]`` and ``[fhir]``
+sections are defined in :mod:`hipfuse.config.clinical_text`, and the field
+types shared by all sections in :mod:`hipfuse.config.fields`.
 
 Environment variables use the prefix ``HIPFUSE_`` and ``__`` between levels:
 ``HIPFUSE_NODE__PORT=11113`` sets ``[node] port``. Lists of tables take JSON:
@@ -22,42 +24,31 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
 
+from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
+from hipfuse.config.fields import (
+    AETitle,
+    HostName,
+    IPAddress,
+    IPNetwork,
+    Port,
+    PositiveBytes,
+    PositiveSeconds,
+    Section,
+    SettingsKeyError,
+)
+
 ENV_PREFIX = "HIPFUSE_"
 ENV_NESTED_DELIMITER = "__"
 DEFAULT_SETTINGS_RESOURCE = "default.toml"
 
-# Application Entity titles use the DICOM default character repertoire
-# (ISO 646 G0 printable characters) without backslash and without control
-# characters, at most 16 characters (PS3.5 Table 6.2-1, VR AE).
-_AE_TITLE_CHARACTERS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
-# A DNS host name (RFC 1123 labels) for destinations given by name.
-_HOST_NAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:[0-9]+)?|mps)$")
-
-
-class _KeyProblemError(ValueError):
-    """A cross-field problem reported at ``key`` inside the section being validated."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
 
 
 class SettingsError(ValueError):
@@ -76,48 +67,6 @@ class SettingsError(ValueError):
 # --------------------------------------------------------------------------- #
 
 
-def _check_ae_title(value: str) -> str:
-    if not _AE_TITLE_CHARACTERS.match(value):
-        raise ValueError(
-            f"AE title {value!r} must be 1 to 16 characters of the DICOM default "
-            "repertoire (printable ASCII) without backslash"
-        )
-    if not value.strip():
-        raise ValueError("AE title must not be all spaces")
-    # Leading and trailing spaces are not significant in an AE title (PS3.5, VR AE).
-    return value.strip()
-
-
-def _check_ip_address(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
-    return value
-
-
-def _check_network(value: str) -> str:
-    try:
-        ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        if "has host bits set" in str(exc):
-            suggestion = ipaddress.ip_network(value, strict=False)
-            raise ValueError(
-                f"{value!r} has host bits set; write the network as {suggestion}"
-            ) from None
-        raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
-    return value
-
-
-def _check_host(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        if not _HOST_NAME.match(value):
-            raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
-    return value
-
-
 def _check_max_pdu(value: int) -> int:
     # 0 means no limit (PS3.8 Table 9-16); 4096 is DCMTK's smallest accepted value.
     if value != 0 and not 4096 <= value <= 2**32 - 1:
@@ -129,20 +78,6 @@ def _check_device(value: str) -> str:
     if not _DEVICE.match(value):
         raise ValueError(f"device {value!r} must be auto, cpu, cuda, cuda:N or mps")
     return value
-
-
-AETitle = Annotated[str, AfterValidator(_check_ae_title)]
-IPAddress = Annotated[str, AfterValidator(_check_ip_address)]
-IPNetwork = Annotated[str, AfterValidator(_check_network)]
-HostName = Annotated[str, AfterValidator(_check_host)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-PositiveSeconds = Annotated[float, Field(gt=0)]
-PositiveBytes = Annotated[int, Field(gt=0)]
-
-
-class _Section(BaseModel):
-    # Unknown keys are errors, so a misspelt key never silently keeps its default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LogLevel(StrEnum):
@@ -159,7 +94,7 @@ class LogLevel(StrEnum):
 # --------------------------------------------------------------------------- #
 
 
-class AllowedCaller(_Section):
+class AllowedCaller(Section):
     """One peer allowed to open associations: its AE title and source addresses."""
 
     ae_title: AETitle
@@ -176,7 +111,7 @@ class AllowedCaller(_Section):
         return any(peer in ipaddress.ip_network(network) for network in self.addresses)
 
 
-class NodeSettings(_Section):
+class NodeSettings(Section):
     """The receiving DICOM Application Entity (``[node]``)."""
 
     ae_title: AETitle = "HIPFUSE"
@@ -196,7 +131,7 @@ class NodeSettings(_Section):
         titles = [caller.ae_title for caller in self.allowed_callers]
         duplicates = sorted({title for title in titles if titles.count(title) > 1})
         if duplicates:
-            raise _KeyProblemError(
+            raise SettingsKeyError(
                 "allowed_callers",
                 f"AE title(s) {duplicates} appear more than once; "
                 "merge their addresses into one entry",
@@ -212,7 +147,7 @@ class NodeSettings(_Section):
         return None
 
 
-class Destination(_Section):
+class Destination(Section):
     """A peer that receives the node's results by C-STORE (``[[destinations]]``)."""
 
     name: Annotated[str, Field(min_length=1, max_length=64)]
@@ -227,24 +162,24 @@ class Destination(_Section):
     @model_validator(mode="after")
     def _check_tls_files(self) -> Destination:
         if self.tls and self.tls_ca_file is None:
-            raise _KeyProblemError(
+            raise SettingsKeyError(
                 "tls_ca_file", "is required with tls = true to verify the peer's certificate"
             )
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise _KeyProblemError(
+            raise SettingsKeyError(
                 "tls_key_file", "set both tls_cert_file and tls_key_file, or neither"
             )
         return self
 
 
-class StudySettings(_Section):
+class StudySettings(Section):
     """When a received study counts as complete (``[study]``)."""
 
     quiet_period_s: PositiveSeconds = 30.0
     complete_when_expected_series_present: bool = False
 
 
-class StorageSettings(_Section):
+class StorageSettings(Section):
     """Spool, job store and retention (``[storage]``)."""
 
     data_dir: Path = Path("/var/lib/hipfuse")
@@ -252,41 +187,14 @@ class StorageSettings(_Section):
     retention_days: Annotated[float, Field(gt=0)] = 30.0
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     """Model bundle and compute device (``[model]``)."""
 
     bundle_dir: Path | None = None
     device: Annotated[str, AfterValidator(_check_device)] = "auto"
 
 
-class HL7Settings(_Section):
-    """HL7 v2 listener over MLLP (``[hl7]``), filled in by the clinical-text integration."""
-
-    enabled: bool = False
-    bind_address: IPAddress = "127.0.0.1"
-    port: Port = 2575
-
-
-class FHIRSettings(_Section):
-    """FHIR R4 client (``[fhir]``), filled in by the clinical-text integration."""
-
-    enabled: bool = False
-    base_url: str = ""
-    # 0 means analyse at once with whatever text is already there.
-    text_wait_s: Annotated[float, Field(ge=0)] = 60.0
-
-    @model_validator(mode="after")
-    def _check_base_url(self) -> FHIRSettings:
-        if self.base_url and not re.match(r"^https?://[^\s/]+", self.base_url):
-            raise _KeyProblemError(
-                "base_url", f"{self.base_url!r} must start with http:// or https://"
-            )
-        if self.enabled and not self.base_url:
-            raise _KeyProblemError("base_url", "is required with enabled = true")
-        return self
-
-
-class SendSettings(_Section):
+class SendSettings(Section):
     """Retries of C-STORE to the destinations (``[send]``)."""
 
     max_attempts: Annotated[int, Field(ge=1)] = 10
@@ -296,14 +204,14 @@ class SendSettings(_Section):
     @model_validator(mode="after")
     def _check_backoff(self) -> SendSettings:
         if self.backoff_max_s < self.backoff_initial_s:
-            raise _KeyProblemError(
+            raise SettingsKeyError(
                 "backoff_max_s",
                 f"{self.backoff_max_s} is below backoff_initial_s ({self.backoff_initial_s})",
             )
         return self
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     """Log level and format (``[logging]``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -357,7 +265,7 @@ class Settings(BaseSettings):
         names = [destination.name for destination in self.destinations]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise _KeyProblemError("destinations", f"name(s) {duplicates} are used more than once")
+            raise SettingsKeyError("destinations", f"name(s) {duplicates} are used more than once")
         return self
 
     @classmethod
@@ -440,7 +348,7 @@ def _dotted_path(location: tuple[int | str, ...]) -> str:
 def _problem(error: Any) -> tuple[str, str]:
     location = tuple(error["loc"])
     cause = (error.get("ctx") or {}).get("error")
-    if isinstance(cause, _KeyProblemError) and cause.key not in location:
+    if isinstance(cause, SettingsKeyError) and cause.key not in location:
         location += (cause.key,)
     return _dotted_path(location), _reason(error)
 

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import structlog
 
+from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
 from hipfuse.integrations.fhir.client import FHIRError
 from hipfuse.integrations.fhir.query import gather_fhir_items
 from hipfuse.integrations.hl7.store import HL7Store
@@ -30,7 +31,6 @@ from hipfuse.integrations.items import (
     WarningCode,
 )
 from hipfuse.integrations.matching import StudyWindows, hl7_items, select_items
-from hipfuse.integrations.settings import FHIRSettings, HL7Settings
 
 log = structlog.get_logger(__name__)
 
@@ -177,8 +177,9 @@ def gather_clinical_text(
     -------
     GatheredText or None
         ``None`` when no item matched and there is no warning to report.
-        The call does not wait: the node calls again until its ``text_wait_s``
-        has passed, then goes on without text.
+        The call does not wait: the node polls with ``include_fhir=False``
+        until text arrives or ``[hl7] text_wait_s`` has passed, then calls
+        once with FHIR.
 
     Raises
     ------
@@ -227,8 +228,9 @@ def gather_clinical_text(
             warnings += problems
 
     text, sources, duplicates = assemble_text(items)
-    log.info(
-        "clinical_text_gathered",
+    # Debug level: the node polls this function while it waits for HL7 text.
+    log.debug(
+        "clinical_text_assembled",
         items=len(items),
         sources=len(sources),
         duplicates_removed=duplicates,

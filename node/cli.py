@@ -80,10 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="send the sample study through a node on 127.0.0.1 and print the SR",
         description=(
-            "Start a node on 127.0.0.1 with the demo bundle and a receiving SCP in a "
-            "separate process, send the sample pelvis radiograph and CT (converted to "
-            "a DICOM series) with a separate sender process, and print the findings "
-            "of the SR that comes back with the paths of the Grad-CAM overlays."
+            "Start a node on 127.0.0.1 with the demo bundle, its HL7 listener and a "
+            "receiving SCP in a separate process. Deliver the sample osteoarthritis note "
+            "over MLLP as an ORU^R01 from a separate process, send the sample pelvis "
+            "radiograph and CT (converted to a DICOM series) with a separate sender "
+            "process, and print the findings of the SR that comes back, whether clinical "
+            "text was used, and the paths of the Grad-CAM overlays."
         ),
     )
     demo.add_argument(
@@ -146,11 +148,13 @@ def check_config(config: Path) -> int:
     if lines:
         print("\n".join(lines), file=sys.stderr)
         return EXIT_INVALID_SETTINGS
-    node = settings.node
+    node, hl7 = settings.node, settings.hl7
+    hl7_state = f"on {hl7.bind_address}:{hl7.port}" if hl7.enabled else "off"
     print(
         f"{config}: valid; node {node.ae_title} on {node.bind_address}:{node.port}, "
         f"{len(node.allowed_callers)} allowed caller(s), "
-        f"{len(settings.destinations)} destination(s), data_dir {settings.storage.data_dir}"
+        f"{len(settings.destinations)} destination(s), data_dir {settings.storage.data_dir}, "
+        f"HL7 {hl7_state}, FHIR {'on' if settings.fhir.enabled else 'off'}"
     )
     return EXIT_OK
 

@@ -1,22 +1,28 @@
 """``hipfuse-node demo``: the main job on one machine, with separate peer processes.
 
 1. The sample AP pelvis radiograph is copied with new Study, Series and SOP
-   Instance UIDs. The sample pelvis CT (NIfTI) is written as a DICOM CT series
-   with the radiograph's patient and the same new study, so both form one
-   study as PACS would route it. Only these temporary copies change.
+   Instance UIDs, a new Accession Number and today's Study Date. The sample
+   pelvis CT (NIfTI) is written as a DICOM CT series with the radiograph's
+   patient and the same new study, so both form one study as PACS would
+   route it. Only these temporary copies change.
 2. A receiving storage SCP (:mod:`hipfuse.node.receiver`) starts as a separate
    process on 127.0.0.1 and stands in for PACS.
-3. The node starts on 127.0.0.1 with the demo bundle and that receiver as its
-   destination.
-4. A separate sender process sends the study: DCMTK's ``/usr/bin/storescu``
+3. The node starts on 127.0.0.1 with the demo bundle, that receiver as its
+   destination and its HL7 listener on another port of 127.0.0.1.
+4. A separate process (:mod:`hipfuse.integrations.hl7.send`) delivers the
+   sample osteoarthritis note over MLLP as an ORU^R01 for the study's
+   patient and accession number (:mod:`hipfuse.node.demo_text`).
+5. A separate sender process sends the study: DCMTK's ``/usr/bin/storescu``
    when installed, otherwise :mod:`hipfuse.node.scu`.
-5. Once the SR is at the receiver, its findings are read back from the
-   received file and printed with the paths of the Grad-CAM overlays.
+6. Once the SR is at the receiver, its findings are read back from the
+   received file and printed with whether clinical text was used, the
+   attention weight of each input and the paths of the Grad-CAM overlays.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,6 +31,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,17 +49,26 @@ SENDER_AE_TITLE = "DEMOSCU"
 RECEIVER_AE_TITLE = "DEMOPACS"
 # Seconds without a new instance before the demo node treats the study as complete.
 DEMO_QUIET_PERIOD_S = 2.0
+# Seconds the demo node waits for HL7 text; the note is delivered before the images.
+DEMO_TEXT_WAIT_S = 10.0
 _SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 _FINAL_STATES = (StudyState.DONE, StudyState.FAILED, StudyState.SKIPPED)
 
 
 @dataclass(frozen=True)
 class SampleStudy:
-    """The demo study written to disk: one radiograph and one CT series."""
+    """The demo study written to disk: one radiograph and one CT series.
+
+    ``patient_id`` and ``accession_number`` are the study's, for the demo's
+    HL7 message; like every patient attribute they are never printed or logged.
+    """
 
     study_instance_uid: str
     radiograph: Path
     ct_slices: tuple[Path, ...]
+    patient_id: str = ""
+    accession_number: str = ""
+    study_date: str = ""
 
     @property
     def files(self) -> list[Path]:
@@ -71,12 +87,26 @@ def find_samples_dir() -> Path:
     )
 
 
-def prepare_sample_study(samples_dir: Path, out_dir: Path) -> SampleStudy:
+def prepare_sample_study(
+    samples_dir: Path,
+    out_dir: Path,
+    *,
+    patient_id: str | None = None,
+    accession_number: str | None = None,
+) -> SampleStudy:
     """Write the sample radiograph and CT as one DICOM study under ``out_dir``.
 
-    The radiograph copy gets new Study, Series and SOP Instance UIDs, so each
-    call makes a study that no node has seen. The CT series carries the
-    radiograph's patient (Patient ID, Patient's Name) and the new study.
+    The radiograph copy gets new Study, Series and SOP Instance UIDs, an
+    Accession Number and today's Study Date, so each call makes a study that
+    no node has seen. The CT series carries the radiograph's patient (Patient
+    ID, Patient's Name) and the new study.
+
+    Parameters
+    ----------
+    patient_id
+        Replaces the sample's Patient ID; ``None`` keeps it.
+    accession_number
+        ``None`` makes a new one of 12 characters (``D`` and 11 hexadecimal digits).
     """
     import pydicom
     from pydicom.uid import generate_uid
@@ -93,6 +123,11 @@ def prepare_sample_study(samples_dir: Path, out_dir: Path) -> SampleStudy:
     radiograph.SeriesInstanceUID = generate_uid()
     radiograph.SOPInstanceUID = generate_uid()
     radiograph.file_meta.MediaStorageSOPInstanceUID = radiograph.SOPInstanceUID
+    if patient_id is not None:
+        radiograph.PatientID = patient_id
+    # Accession Number is SH: at most 16 characters.
+    radiograph.AccessionNumber = accession_number or f"D{secrets.token_hex(6)[:11].upper()}"
+    radiograph.StudyDate = date.today().strftime("%Y%m%d")
     radiograph_path = out_dir / "radiograph.dcm"
     radiograph.save_as(radiograph_path, enforce_file_format=True)
 
@@ -112,7 +147,14 @@ def prepare_sample_study(samples_dir: Path, out_dir: Path) -> SampleStudy:
         series_number=2,
         manufacturer="NIfTI conversion",
     )
-    return SampleStudy(study_uid, radiograph_path, tuple(ct_paths))
+    return SampleStudy(
+        study_uid,
+        radiograph_path,
+        tuple(ct_paths),
+        patient_id=identity.patient_id,
+        accession_number=identity.accession_number,
+        study_date=identity.study_date,
+    )
 
 
 def free_port() -> int:
@@ -179,7 +221,7 @@ class ReceiverProcess:
                 self._process.wait()
 
 
-def _settings_text(data_dir: Path, port: int, receiver_port: int) -> str:
+def _settings_text(data_dir: Path, port: int, receiver_port: int, hl7_port: int) -> str:
     return f"""\
 # Settings of the node that `hipfuse-node demo` ran.
 [node]
@@ -196,6 +238,12 @@ port = {receiver_port}
 
 [study]
 quiet_period_s = {DEMO_QUIET_PERIOD_S}
+
+[hl7]
+enabled = true
+bind_address = "127.0.0.1"
+port = {hl7_port}
+text_wait_s = {DEMO_TEXT_WAIT_S}
 
 [storage]
 data_dir = "{data_dir}"
@@ -234,6 +282,7 @@ def run_demo(bundle_dir: Path, workdir: Path | None = None, timeout_s: float = 6
 def _run(bundle_dir: Path, root: Path, timeout_s: float, keep: bool) -> int:
     from hipfuse.config.logging import configure_logging
     from hipfuse.config.settings import load_settings
+    from hipfuse.node.demo_text import deliver_note
     from hipfuse.node.service import NodeService, ServiceError
 
     configure_logging("WARNING", json=False)
@@ -244,7 +293,7 @@ def _run(bundle_dir: Path, root: Path, timeout_s: float, keep: bool) -> int:
     service = None
     try:
         config = root / "node.toml"
-        config.write_text(_settings_text(root / "node", free_port(), receiver.port))
+        config.write_text(_settings_text(root / "node", free_port(), receiver.port, free_port()))
         service = NodeService(load_settings(config), bundle_dir=bundle_dir)
         print(f"starting the node with bundle {bundle_dir} ...")
         try:
@@ -252,6 +301,8 @@ def _run(bundle_dir: Path, root: Path, timeout_s: float, keep: bool) -> int:
         except ServiceError as error:
             print(f"hipfuse-node demo: the node cannot start: {error}", file=sys.stderr)
             return 3
+        if not deliver_note(find_samples_dir(), root / "hl7", service.hl7_port, study):
+            return 1
         command = sender_command(study.files, service.port)
         print(f"sending {len(study.files)} instances with {Path(command[0]).name} ...")
         sent = subprocess.run(
@@ -297,6 +348,7 @@ def _report(
 ) -> int:
     import pydicom
 
+    from hipfuse.node.demo_text import attention_line, print_text_use
     from hipfuse.node.sr_findings import read_comments, read_hip_findings
 
     jobstore = service.jobstore
@@ -318,6 +370,7 @@ def _report(
     print()
     print(f"SR received: {reports[0]}")
     print(f"  {sr.SeriesDescription}")
+    print_text_use(sr, jobstore, study.study_instance_uid)
     for finding in read_hip_findings(sr):
         others = ", ".join(
             f"{name} {value:.2f}"
@@ -329,6 +382,7 @@ def _report(
             f"  {finding.laterality.lower()} hip: {finding.finding} "
             f"(probability {probability:.2f}; {others})"
         )
+        print(f"    attention: {attention_line(finding.attention)}")
     for comment in read_comments(sr):
         print(f"  comment: {comment}")
     print(f"Grad-CAM overlays received ({len(overlays)} Secondary Capture images):")
@@ -341,6 +395,7 @@ def _report(
             f"latency: {latency['latency_s']:.2f} s from the last instance received to the SR "
             f"stored at the receiver, of which {DEMO_QUIET_PERIOD_S:g} s quiet period and "
             f"{latency['duration_s']:.2f} s in the worker (decode {latency['decode_s']:.2f} s, "
+            f"wait for clinical text {latency['text_wait_s']:.2f} s, "
             f"analysis {latency['analysis_s']:.2f} s with {latency['model_s']:.3f} s in the "
             f"network, encode {latency['encode_s']:.2f} s)"
         )
@@ -354,9 +409,9 @@ def study_latency(jobstore: JobStore, study_uid: str) -> dict[str, float] | None
 
     The last instance is the one before the latest analysis, as the worker
     recorded it. Also returns the worker's times recorded with the analysis:
-    ``duration_s`` in all, of which ``decode_s``, ``analysis_s`` (``model_s``
-    of it in the network) and ``encode_s``. All in seconds; ``None`` until an
-    SR was sent.
+    ``duration_s`` in all, of which ``decode_s``, ``text_wait_s``,
+    ``analysis_s`` (``model_s`` of it in the network) and ``encode_s``. All in
+    seconds; ``None`` until an SR was sent.
     """
     from hipfuse.node.states import JobState
 
@@ -375,7 +430,7 @@ def study_latency(jobstore: JobStore, study_uid: str) -> dict[str, float] | None
     details = analysed[-1].details
     timings = {
         name: float(details.get(name, 0.0))
-        for name in ("duration_s", "decode_s", "analysis_s", "model_s", "encode_s")
+        for name in ("duration_s", "decode_s", "text_wait_s", "analysis_s", "model_s", "encode_s")
     }
     latency_s = min(item.updated_at for item in sent) - float(details["last_instance_at"])
     return {"latency_s": latency_s, **timings}

@@ -1,9 +1,10 @@
 """Lifecycle of the node: start every part in order, stop them cleanly.
 
 :meth:`NodeService.start` opens the job store, puts back work a stopped
-process left half done, loads the model bundle once, and starts the storage
-SCP, the study assembler, the analysis worker and one sender per destination,
-each in its own thread. :meth:`NodeService.stop` stops accepting associations
+process left half done and loads the model bundle once. It then starts the
+HL7 intake (with ``[hl7] enabled``), the storage SCP, the study assembler,
+the analysis worker and one sender per destination, each in its own thread.
+:meth:`NodeService.stop` stops accepting associations and HL7 messages
 first, lets the worker and senders finish what they hold, and leaves queued
 work in the job store for the next start.
 """
@@ -11,6 +12,7 @@ work in the job store for the next start.
 from __future__ import annotations
 
 import functools
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +24,8 @@ import structlog
 from hipfuse.config.settings import Settings
 
 if TYPE_CHECKING:
+    from hipfuse.integrations.hl7.service import HL7Service
+    from hipfuse.integrations.hl7.store import HL7Store
     from hipfuse.node.jobstore import JobStore
     from hipfuse.node.scp import ScpServer
 
@@ -97,6 +101,8 @@ class NodeService:
         self.poll_interval_s = poll_interval_s
         self.jobstore: JobStore | None = None
         self.scp: ScpServer | None = None
+        self.hl7_store: HL7Store | None = None
+        self.hl7: HL7Service | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -106,6 +112,13 @@ class NodeService:
         if self.scp is None:
             raise RuntimeError("the node is not running; call start() first")
         return self.scp.port
+
+    @property
+    def hl7_port(self) -> int:
+        """TCP port of the running MLLP listener."""
+        if self.hl7 is None:
+            raise RuntimeError("the HL7 intake is not running; set [hl7] enabled and start()")
+        return self.hl7.port
 
     def start(self) -> None:
         """Start every part; raise :class:`ServiceError` when the node cannot run."""
@@ -123,6 +136,7 @@ class NodeService:
         from hipfuse.inference.model.bundle import BundleError, load_bundle
         from hipfuse.inference.pipeline import analyze_study
         from hipfuse.node.assembly import StudyAssembler
+        from hipfuse.node.clinical_text import TextGatherer
         from hipfuse.node.encode import DeviceIdentity
         from hipfuse.node.jobstore import JobStore
         from hipfuse.node.outbox import OutboxFolder
@@ -162,6 +176,11 @@ class NodeService:
             load_s=round(time.perf_counter() - started, 3),
         )
 
+        self._start_hl7(data_dir)
+        text = None
+        if settings.hl7.enabled or settings.fhir.enabled:
+            text = TextGatherer(settings, self.hl7_store)
+
         outbox = OutboxFolder(data_dir)
         outbox.prepare()
         assembler = StudyAssembler(jobstore, settings.study, clock=self.clock)
@@ -173,10 +192,13 @@ class NodeService:
             destinations=[destination.name for destination in settings.destinations],
             device=DeviceIdentity(station_name=settings.node.ae_title),
             clock=self.clock,
+            text=text,
         )
         try:
             self.scp = start_scp(settings, jobstore, Spool(data_dir), clock=self.clock)
         except OSError as error:
+            self._stop_hl7()
+            self._close_hl7_store()
             jobstore.close()
             node = settings.node
             raise ServiceError(
@@ -198,7 +220,51 @@ class NodeService:
             port=self.scp.port,
             data_dir=str(data_dir),
             destinations=[destination.name for destination in settings.destinations],
+            hl7_port=self.hl7.port if self.hl7 is not None else None,
+            fhir=settings.fhir.enabled,
         )
+
+    def _start_hl7(self, data_dir: Path) -> None:
+        """Open the HL7 store and start the MLLP listener when ``[hl7] enabled``."""
+        hl7 = self.settings.hl7
+        if not hl7.enabled:
+            return
+        from hipfuse.integrations.hl7.service import HL7Service
+        from hipfuse.integrations.hl7.store import HL7Store
+
+        assert self.jobstore is not None
+        try:
+            self.hl7_store = HL7Store.in_data_dir(data_dir)
+        # RuntimeError: the store was written by a newer hipfuse.
+        except (OSError, sqlite3.Error, RuntimeError) as error:
+            self.jobstore.close()
+            self.jobstore = None
+            raise ServiceError(
+                f"the HL7 store in storage.data_dir {data_dir} cannot be opened: {error}"
+            ) from error
+        try:
+            self.hl7 = HL7Service(hl7, self.hl7_store)
+            self.hl7.start()
+        except OSError as error:
+            self.hl7 = None
+            self._close_hl7_store()
+            self.jobstore.close()
+            self.jobstore = None
+            raise ServiceError(
+                f"cannot start the HL7 intake on {hl7.bind_address}:{hl7.port}: "
+                f"{error.strerror or error}; choose a free [hl7] port or another bind_address, "
+                "and check [hl7] watch_dir"
+            ) from error
+
+    def _stop_hl7(self) -> None:
+        if self.hl7 is not None:
+            self.hl7.stop()
+            self.hl7 = None
+
+    def _close_hl7_store(self) -> None:
+        if self.hl7_store is not None:
+            self.hl7_store.close()
+            self.hl7_store = None
 
     def _recover(self, jobstore: JobStore) -> None:
         from hipfuse.node.states import JobKind, StudyState
@@ -238,6 +304,9 @@ class NodeService:
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
+        # Stopped before the worker: no message is acknowledged that the store
+        # cannot keep. The store stays open until the worker has finished.
+        self._stop_hl7()
         self._stop.set()
         deadline = time.monotonic() + timeout_s
         busy = []
@@ -248,9 +317,11 @@ class NodeService:
         self._threads = []
         if busy:
             log.warning("node_stop_timed_out", busy_threads=busy, timeout_s=timeout_s)
-        elif self.jobstore is not None:
-            self.jobstore.close()
-            self.jobstore = None
+        else:
+            self._close_hl7_store()
+            if self.jobstore is not None:
+                self.jobstore.close()
+                self.jobstore = None
         log.info("node_stopped", clean=not busy)
         return not busy
 

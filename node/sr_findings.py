@@ -3,7 +3,10 @@
 The reader walks the TID 1500 content tree by concept name codes, as a
 receiving system would. Each Measurement Group (DCM 125007) gives one hip:
 its Finding (DCM 121071), the Laterality (SCT 272741003) of its Finding Site
-(SCT 363698007) and the Probability (DCM 122157) of each class.
+(SCT 363698007) and the Probability (DCM 122157) of each class. It also
+gives the attention weight of each model input, under the private codes
+``ATTN-XR``, ``ATTN-CT`` and ``ATTN-TEXT`` of scheme ``99HIPFUSE``. The
+document-level item ``TEXT-AVAIL`` records whether clinical text was available.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ _FINDING_SITE = ("363698007", "SCT")
 _LATERALITY = ("272741003", "SCT")
 _PROBABILITY = ("122157", "DCM")
 _COMMENT = ("121106", "DCM")
+_PRIVATE_SCHEME = "99HIPFUSE"
+_TEXT_AVAILABLE = ("TEXT-AVAIL", _PRIVATE_SCHEME)
+# Attention weight items by model input, named as InputModality values.
+_ATTENTION = {
+    ("ATTN-XR", _PRIVATE_SCHEME): "radiograph",
+    ("ATTN-CT", _PRIVATE_SCHEME): "ct",
+    ("ATTN-TEXT", _PRIVATE_SCHEME): "text",
+}
+_YES = ("373066001", "SCT")
+_NO = ("373067005", "SCT")
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,8 @@ class HipFinding:
     laterality: str
     finding: str
     probabilities: dict[str, float] = field(default_factory=dict)
+    # Attention weight by model input: "radiograph", "ct", "text".
+    attention: dict[str, float] = field(default_factory=dict)
 
     @property
     def probability(self) -> float | None:
@@ -59,6 +74,7 @@ def _code_meaning(item: Dataset) -> str:
 def _read_group(group: Dataset) -> HipFinding | None:
     finding = laterality = None
     probabilities: dict[str, float] = {}
+    attention: dict[str, float] = {}
     for item in _children(group):
         concept = _concept(item)
         if concept == _FINDING and item.ValueType == "CODE":
@@ -75,9 +91,11 @@ def _read_group(group: Dataset) -> HipFinding | None:
             if hip_class is not None:
                 value = item.MeasuredValueSequence[0].NumericValue
                 probabilities[hip_class] = float(value)
+        elif concept in _ATTENTION and item.ValueType == "NUM":
+            attention[_ATTENTION[concept]] = float(item.MeasuredValueSequence[0].NumericValue)
     if finding is None or laterality is None:
         return None
-    return HipFinding(laterality, finding, probabilities)
+    return HipFinding(laterality, finding, probabilities, attention)
 
 
 def read_hip_findings(sr: Dataset) -> list[HipFinding]:
@@ -98,3 +116,14 @@ def read_comments(sr: Dataset) -> list[str]:
         for item in _walk(sr)
         if _concept(item) == _COMMENT and item.get("ValueType") == "TEXT"
     ]
+
+
+def read_clinical_text_available(sr: Dataset) -> bool | None:
+    """Return the SR's "Clinical text available" value; ``None`` when the item is absent."""
+    for item in _walk(sr):
+        if _concept(item) == _TEXT_AVAILABLE and item.get("ValueType") == "CODE":
+            code = item.ConceptCodeSequence[0]
+            value = (str(code.CodeValue), str(code.CodingSchemeDesignator))
+            if value in (_YES, _NO):
+                return value == _YES
+    return None

@@ -5,7 +5,9 @@ For each study it claims (``complete → analysing``) the worker
 1. selects the inputs again from the stored headers (:mod:`hipfuse.node.series`,
    the node's own outputs are never inputs) and checks that their fingerprint
    is the one assembly recorded and that it was not analysed before,
-2. reads the radiograph and CT series from the spool and runs the model,
+2. reads the radiograph and CT series from the spool, gathers the clinical
+   text of the study's patient (:mod:`hipfuse.node.clinical_text`, waiting
+   up to ``[hl7] text_wait_s`` for HL7 text) and runs the model,
 3. encodes one Comprehensive 3D SR and the Grad-CAM Secondary Captures, with
    SOP Instance UIDs derived from the input fingerprint and the bundle's
    weights checksum (:func:`hipfuse.node.outbox.result_uid`),
@@ -15,7 +17,8 @@ For each study it claims (``complete → analysing``) the worker
 A crash before step 4 commits leaves the study in ``analysing``. Start-up puts
 it back to ``complete``, and the analysis runs again and produces the same UIDs.
 An input the model cannot analyse (:class:`~hipfuse.inference.types.InputError`)
-fails the study with the error's code and message.
+fails the study with the error's code and message. A node that stops while
+the worker waits for text puts the study back to ``complete`` at once.
 """
 
 from __future__ import annotations
@@ -49,10 +52,14 @@ if TYPE_CHECKING:
 
     from hipfuse.inference.model.config import BundleConfig
     from hipfuse.inference.pipeline import StudyInputs, StudyResult
+    from hipfuse.node.clinical_text import TextGatherer, TextOutcome
 
 log = structlog.get_logger(__name__)
 
 AnalyzeFunction = Callable[["StudyInputs"], "StudyResult"]
+
+# Reason of an analysis put back because the node stopped while it waited for text.
+INTERRUPTED_REASON = "interrupted"
 
 # Series Numbers of the outputs: high, so viewers list them after the source
 # series. The Secondary Captures take one number per hip from SC_SERIES_NUMBER.
@@ -143,8 +150,7 @@ def read_study_inputs(selected: SelectedInputs) -> StudyInputs:
         ct = read_ct_series(
             [instance.path for instance in selected.ct_slices], selected.ct_series_instance_uid
         )
-    # NOTE: clinical text from HL7 and FHIR is not passed yet; the model runs
-    # on the images alone.
+    # The worker adds the clinical text once it has gathered it.
     return StudyInputs(radiograph, ct, None, decode_s=time.perf_counter() - started)
 
 
@@ -169,6 +175,8 @@ class AnalysisWorker:
         The node's identity in the outputs.
     clock
         Seconds since the epoch for the job store.
+    text
+        Gathers each study's clinical text; ``None`` analyses the images alone.
     """
 
     def __init__(
@@ -181,6 +189,7 @@ class AnalysisWorker:
         destinations: Sequence[str],
         device: DeviceIdentity | None = None,
         clock: Callable[[], float] = time.time,
+        text: TextGatherer | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.outbox = outbox
@@ -189,30 +198,35 @@ class AnalysisWorker:
         self.destinations = list(destinations)
         self.device = device or DeviceIdentity()
         self.clock = clock
+        self.text = text
 
     def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
         """Analyse studies until ``stop`` is set, waiting ``interval_s`` when none is complete.
 
-        A study in progress is finished before the loop looks at ``stop``.
+        A study in progress is finished before the loop looks at ``stop``,
+        unless it is still waiting for clinical text.
         """
         while not stop.is_set():
             try:
-                outcome = self.run_once()
+                outcome = self.run_once(stop)
             except Exception:  # a job store error; logged, and the loop tries again
                 log.exception("worker_error")
                 outcome = None
             if outcome is None:
                 stop.wait(interval_s)
 
-    def run_once(self) -> AnalysisOutcome | None:
+    def run_once(self, stop: threading.Event | None = None) -> AnalysisOutcome | None:
         """Claim the longest-waiting complete study and process it; ``None`` if none waits."""
         study = self.jobstore.claim_next(StudyState.COMPLETE, StudyState.ANALYSING)
         if study is None:
             return None
-        return self.process(study)
+        return self.process(study, stop)
 
-    def process(self, study: StudyRecord) -> AnalysisOutcome:
-        """Analyse one study that this worker moved to ``analysing``."""
+    def process(self, study: StudyRecord, stop: threading.Event | None = None) -> AnalysisOutcome:
+        """Analyse one study that this worker moved to ``analysing``.
+
+        ``stop`` ends a wait for clinical text early and puts the study back.
+        """
         uid = study.study_instance_uid
         selected = select_study_inputs(self.jobstore, uid)
         if selected.fingerprint is None or selected.fingerprint != study.input_fingerprint:
@@ -234,12 +248,25 @@ class AnalysisWorker:
         )
         started = time.perf_counter()
         try:
-            objects, timings = self._analyse_and_write(uid, selected)
+            inputs = self._read_inputs(uid, selected)
+            text = self._gather_text(uid, job_id, inputs, stop)
+            if text is not None and text.interrupted:
+                return self._put_back(uid, job_id)
+            objects, timings = self._analyse_and_write(uid, selected, inputs)
         except AnalysisFailedError as error:
             return self._fail(uid, job_id, error.code, str(error), started)
 
+        if text is not None:
+            timings["text_wait_s"] = text.waited_s
         timings["duration_s"] = time.perf_counter() - started
         rounded = {name: round(value, 4) for name, value in timings.items()}
+        details: dict[str, Any] = {
+            "job_id": job_id,
+            "last_instance_at": study.last_instance_at,
+            **rounded,
+        }
+        if text is not None:
+            details["clinical_text"] = text.details()
         try:
             self.jobstore.record_results(
                 uid,
@@ -247,7 +274,7 @@ class AnalysisWorker:
                 objects=objects,
                 destinations=self.destinations,
                 job_id=job_id,
-                details={"job_id": job_id, "last_instance_at": study.last_instance_at, **rounded},
+                details=details,
             )
         except StateConflictError as error:
             self.jobstore.finish_job(job_id, succeeded=False, error=str(error))
@@ -259,13 +286,63 @@ class AnalysisWorker:
         state = self.jobstore.get_study(uid).state
         return AnalysisOutcome(uid, state, None, job_id, tuple(objects), timings)
 
+    def _read_inputs(self, uid: str, selected: SelectedInputs) -> StudyInputs:
+        from hipfuse.inference.types import InputError
+
+        try:
+            return read_study_inputs(selected)
+        except InputError as error:
+            raise AnalysisFailedError(error.code, str(error)) from error
+        except Exception as error:  # a reader bug: fail this study, keep the node up
+            log.exception("analysis_error", study_instance_uid=uid)
+            raise AnalysisFailedError(
+                FailureCode.ANALYSIS_ERROR.value, f"{type(error).__name__}: {error}"
+            ) from error
+
+    def _gather_text(
+        self, uid: str, job_id: int, inputs: StudyInputs, stop: threading.Event | None
+    ) -> TextOutcome | None:
+        """Gather the study's clinical text into ``inputs``; record what contributed."""
+        if self.text is None:
+            return None
+        from hipfuse.node.clinical_text import StudyKeys
+
+        # The wait counts from completion: time spent queued behind other studies is part of it.
+        waited_s = max(self.clock() - self._completed_at(uid), 0.0)
+        outcome = self.text.gather(
+            StudyKeys.from_inputs(inputs),
+            wait_s=max(self.text.wait_s - waited_s, 0.0),
+            stop=stop,
+            study_instance_uid=uid,
+        )
+        if outcome.interrupted:
+            return outcome
+        inputs.text = outcome.text
+        details = outcome.details()
+        self.jobstore.record_event("clinical_text_gathered", uid, {"job_id": job_id, **details})
+        log.info(
+            "clinical_text_gathered",
+            study_instance_uid=uid,
+            job_id=job_id,
+            available=details["available"],
+            sources=len(outcome.sources),
+            warnings=[code for code, _ in outcome.warnings],
+            waited_s=details["waited_s"],
+        )
+        return outcome
+
+    def _completed_at(self, uid: str) -> float:
+        """Return when the study last became ``complete``; now when no event records it."""
+        events = self.jobstore.list_events(uid, limit=50)
+        completed = [event.at for event in events if event.event == "study_complete"]
+        return completed[-1] if completed else self.clock()
+
     def _analyse_and_write(
-        self, uid: str, selected: SelectedInputs
+        self, uid: str, selected: SelectedInputs, inputs: StudyInputs
     ) -> tuple[list[ResultObject], dict[str, float]]:
         from hipfuse.inference.types import InputError
 
         try:
-            inputs = read_study_inputs(selected)
             started = time.perf_counter()
             result = self.analyze(inputs)
         except InputError as error:
@@ -337,6 +414,18 @@ class AnalysisWorker:
         )
         fix_capture_uids(captures, selected.fingerprint, checksum)
         return [sr, *captures]
+
+    def _put_back(self, uid: str, job_id: int) -> AnalysisOutcome:
+        message = "the node stopped while the study waited for clinical text"
+        self.jobstore.finish_job(job_id, succeeded=False, error=f"{INTERRUPTED_REASON}: {message}")
+        self.jobstore.transition(
+            uid,
+            StudyState.COMPLETE,
+            expected=StudyState.ANALYSING,
+            details={"job_id": job_id, "reason": INTERRUPTED_REASON, "message": message},
+        )
+        log.info("analysis_put_back", study_instance_uid=uid, job_id=job_id)
+        return AnalysisOutcome(uid, StudyState.COMPLETE, INTERRUPTED_REASON, job_id)
 
     def _skip(self, uid: str, reason: SkipReason) -> AnalysisOutcome:
         self.jobstore.transition(

@@ -21,7 +21,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import structlog
 
-from hipfuse.integrations.settings import FHIRSettings
+from hipfuse.config.clinical_text import FHIRSettings
 
 log = structlog.get_logger(__name__)
 

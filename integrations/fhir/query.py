@@ -17,6 +17,7 @@ from typing import Any
 
 import structlog
 
+from hipfuse.config.clinical_text import FHIRSettings
 from hipfuse.integrations.fhir.client import (
     FHIRClient,
     FHIRError,
@@ -25,7 +26,6 @@ from hipfuse.integrations.fhir.client import (
 )
 from hipfuse.integrations.fhir.resources import ResourceReader, binary_content
 from hipfuse.integrations.items import ClinicalItem, MatchWarning, WarningCode
-from hipfuse.integrations.settings import FHIRSettings
 
 log = structlog.get_logger(__name__)
 

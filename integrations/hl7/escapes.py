@@ -1,4 +1,4 @@
-"""HL7 v2 escape sequences: decoding field text and escaping text written into an ACK.
+"""HL7 v2 escape sequences: decoding field text, escaping text written into ACKs and messages.
 
 The sequences and formatting commands are those of HL7 v2.9 chapter 2
 (sections "Escape sequences supporting multiple character sets" and

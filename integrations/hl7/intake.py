@@ -16,13 +16,13 @@ from enum import StrEnum
 
 import structlog
 
+from hipfuse.config.clinical_text import HL7Settings
 from hipfuse.integrations.hl7.ack import AckContext, build_ack
 from hipfuse.integrations.hl7.clinical import extract_content
 from hipfuse.integrations.hl7.errors import AckCode, HL7ErrorCode, MessageError
 from hipfuse.integrations.hl7.header import check_header
 from hipfuse.integrations.hl7.parser import ParsedMessage, parse_message, read_raw_header, strip_bom
 from hipfuse.integrations.hl7.store import HL7Store, RecordOutcome
-from hipfuse.integrations.settings import HL7Settings
 
 log = structlog.get_logger(__name__)
 

@@ -19,8 +19,8 @@ from enum import StrEnum
 
 import structlog
 
+from hipfuse.config.clinical_text import HL7Settings
 from hipfuse.integrations.hl7.intake import HL7Intake, IntakeResult
-from hipfuse.integrations.settings import HL7Settings
 
 log = structlog.get_logger(__name__)
 

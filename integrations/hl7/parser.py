@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from hipfuse.integrations.hl7.charsets import UnknownCharsetError, codec_for_charset
+from hipfuse.config.hl7_charsets import UnknownCharsetError, codec_for_charset
 from hipfuse.integrations.hl7.errors import AckCode, HL7ErrorCode, MessageError
 from hipfuse.integrations.hl7.escapes import EncodingCharacters, EscapeError, unescape
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from hipfuse.config.clinical_text import HL7Settings
 from hipfuse.integrations.hl7.folder import HL7FolderWatcher
 from hipfuse.integrations.hl7.intake import HL7Intake
 from hipfuse.integrations.hl7.mllp import MLLPListenerThread
 from hipfuse.integrations.hl7.store import HL7Store
-from hipfuse.integrations.settings import HL7Settings
 
 
 class HL7Service:

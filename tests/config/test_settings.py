@@ -3,9 +3,12 @@ from __future__ import annotations
 import re
 import textwrap
 import tomllib
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from hipfuse.config.settings import (
     AllowedCaller,
@@ -58,18 +61,40 @@ def _keys(table: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+def _is_table_list(field: FieldInfo) -> bool:
+    (item,) = typing.get_args(field.annotation) or (None,)
+    is_list = typing.get_origin(field.annotation) is list
+    return is_list and isinstance(item, type) and issubclass(item, BaseModel)
+
+
+def _section_keys(optional: bool) -> set[str]:
+    """Dotted keys of the sections: optional ones (default None, lists of tables) or the rest."""
+    keys = set()
+    for section, field in Settings.model_fields.items():
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        for name, sub in model.model_fields.items():
+            is_optional = sub.default is None or _is_table_list(sub)
+            if is_optional is optional:
+                keys.add(f"{section}.{sub.alias or name}")
+    return keys
+
+
 def test_shipped_file_sets_every_scalar_key() -> None:
+    # Optional keys (no default value, lists of tables) are shown commented out.
     shipped = set(_keys(tomllib.loads(default_settings_text())))
-    expected = {
-        f"{section}.{name}"
-        for section, field in Settings.model_fields.items()
-        if section != "destinations"
-        for name, sub in field.annotation.model_fields.items()  # type: ignore[union-attr]
-        if name != "allowed_callers" and not (section == "model" and name == "bundle_dir")
-    }
-    # Written under its alias.
-    expected = {"logging.json" if key == "logging.json_lines" else key for key in expected}
-    assert shipped == expected
+    assert shipped == _section_keys(optional=False)
+
+
+def test_shipped_file_shows_every_optional_key() -> None:
+    text = default_settings_text()
+    for key in sorted(_section_keys(optional=True)):
+        section, name = key.split(".")
+        shown = re.search(rf"^# {name} = ", text, flags=re.MULTILINE) or re.search(
+            rf"^# \[\[{section}\.{name}\]\]", text, flags=re.MULTILINE
+        )
+        assert shown, f"{key} is not shown in default.toml"
 
 
 def test_shipped_file_documents_every_key() -> None:
@@ -163,8 +188,21 @@ INVALID_CASES = [
     ("storage.retention_days", "[storage]\nretention_days = 0", "greater than 0"),
     ("model.device", '[model]\ndevice = "tpu"', "auto, cpu, cuda"),
     ("hl7.port", "[hl7]\nport = 99999", "less than or equal to 65535"),
+    ("hl7.processing_ids", "[hl7]\nprocessing_ids = []", "at least one MSH-11 value"),
+    ("hl7.default_charset", '[hl7]\ndefault_charset = "KLINGON"', "Table 0211"),
+    ("hl7.allowed_addresses[1]", '[hl7]\nallowed_addresses = ["::1", "x"]', "not an IP"),
+    ("hl7.text_wait_s", "[hl7]\ntext_wait_s = -1", "greater than or equal to 0"),
     ("fhir.base_url", "[fhir]\nenabled = true", "required with enabled = true"),
     ("fhir.base_url", '[fhir]\nbase_url = "ftp://x"', "http:// or https://"),
+    ("fhir.backoff_max_s", "[fhir]\nbackoff_max_s = 0.5", "below backoff_initial_s"),
+    (
+        "fhir.issuer_systems",
+        '[[fhir.issuer_systems]]\nissuer = "A"\nsystem = "s"\n'
+        '[[fhir.issuer_systems]]\nissuer = "A"\nsystem = "t"',
+        "more than once",
+    ),
+    ("fhir.issuer_systems[0].system", '[[fhir.issuer_systems]]\nissuer = "A"', "Field required"),
+    ("fhir.text_wait_s", "[fhir]\ntext_wait_s = 5", "unknown key"),
     ("send.max_attempts", "[send]\nmax_attempts = 0", "greater than or equal to 1"),
     ("send.backoff_max_s", "[send]\nbackoff_max_s = 1", "below backoff_initial_s"),
     ("logging.level", '[logging]\nlevel = "LOUD"', "'DEBUG', 'INFO'"),

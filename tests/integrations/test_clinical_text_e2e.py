@@ -10,11 +10,11 @@ from fhir_dataset import ADMISSION_NOTE_ZH, CONCLUSION, CONSULT_NOTE_GB, SYSTEM_
 from fhir_peer import FHIRTestServer, start_fhir_server
 from hl7_builders import SAMPLES_TEXT, framed, hl7_escape, message, mllp_send, msh, oru, pid
 
+from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
 from hipfuse.integrations.hl7.intake import HL7Intake
 from hipfuse.integrations.hl7.mllp import MLLPListenerThread
 from hipfuse.integrations.hl7.store import HL7Store
 from hipfuse.integrations.items import WarningCode
-from hipfuse.integrations.settings import FHIRSettings, HL7Settings
 from hipfuse.integrations.text_assembly import GatheredText, gather_clinical_text
 
 TOKEN = "e2e-token-8d2a"

@@ -18,10 +18,10 @@ from fhir_dataset import (
 )
 from fhir_peer import FHIRTestServer, self_signed_certificate, start_fhir_server
 
+from hipfuse.config.clinical_text import FHIRSettings
 from hipfuse.integrations.fhir.client import FHIRClient, FHIRError
 from hipfuse.integrations.fhir.query import gather_fhir_items
 from hipfuse.integrations.items import ClinicalItem, Section, WarningCode
-from hipfuse.integrations.settings import FHIRSettings
 
 TOKEN = "test-token-5f1c"
 STUDY_DATE = date(2024, 3, 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hipfuse.config.clinical_text import FHIRSettings
 from hipfuse.integrations.fhir.client import FHIRClient, FHIRError
 from hipfuse.integrations.fhir.query import token_search_value
 from hipfuse.integrations.fhir.resources import (
@@ -21,7 +22,6 @@ from hipfuse.integrations.fhir.resources import (
     value_text,
 )
 from hipfuse.integrations.items import WarningCode
-from hipfuse.integrations.settings import FHIRSettings
 
 NOTE_ZH = "左髋疼痛，夜间加重。"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hl7_builders import CHINESE_NOTE_GB, framed, message, msh, oru, pid
 
+from hipfuse.config.clinical_text import HL7Settings
 from hipfuse.integrations.hl7.folder import HL7FolderWatcher, split_file_messages
 from hipfuse.integrations.hl7.intake import HL7Intake, IntakeOutcome
 from hipfuse.integrations.hl7.store import HL7Store
-from hipfuse.integrations.settings import HL7Settings
 
 
 class FakeClock:

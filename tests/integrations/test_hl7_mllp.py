@@ -25,11 +25,11 @@ from hl7_builders import (
     split_acks,
 )
 
+from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
 from hipfuse.integrations.hl7.intake import HL7Intake
 from hipfuse.integrations.hl7.mllp import MLLPListenerThread
 from hipfuse.integrations.hl7.service import HL7Service
 from hipfuse.integrations.hl7.store import HL7Store
-from hipfuse.integrations.settings import FHIRSettings, HL7Settings
 from hipfuse.integrations.text_assembly import gather_clinical_text
 
 RAW_SENDER = Path(__file__).with_name("mllp_raw_sender.py")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from hl7_builders import message, msh, pid
 
-from hipfuse.integrations.hl7.charsets import UnknownCharsetError, codec_for_charset
+from hipfuse.config.hl7_charsets import UnknownCharsetError, codec_for_charset
 from hipfuse.integrations.hl7.clinical import extract_content
 from hipfuse.integrations.hl7.errors import AckCode, HL7ErrorCode, MessageError
 from hipfuse.integrations.hl7.escapes import EncodingCharacters, EscapeError, escape, unescape

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 from hl7_builders import message, msh, oru
 
+from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
 from hipfuse.integrations.hl7.intake import HL7Intake, IntakeOutcome
 from hipfuse.integrations.hl7.store import HL7Store
 from hipfuse.integrations.items import ClinicalItem, Section, WarningCode
 from hipfuse.integrations.matching import StudyWindows, hl7_items, select_items
-from hipfuse.integrations.settings import FHIRSettings, HL7Settings
 from hipfuse.integrations.text_assembly import assemble_text, gather_clinical_text
 
 

@@ -5,6 +5,9 @@ Table 0211 (v2.3 to v2.9). The fields before it are ASCII in practice, so the
 header can be read from the raw bytes before anything is decoded. The parser
 then checks that the decoded text carries the same MSH-18 value. This catches
 a header whose non-ASCII bytes shifted the field count.
+
+The table lives in ``hipfuse.config`` so that ``[hl7] default_charset`` is
+checked when the settings load; the HL7 parser imports it from here.
 """
 
 from __future__ import annotations

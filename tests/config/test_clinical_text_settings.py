@@ -1,30 +1,11 @@
-from __future__ import annotations
+"""The [hl7] and [fhir] section models on their own: invalid values, address checks."""
 
-import re
-import tomllib
-from pathlib import Path
+from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from hipfuse.integrations.settings import FHIRSettings, HL7Settings
-
-SECTIONS_FILE = Path(__file__).resolve().parents[2] / "integrations" / "default_sections.toml"
-
-
-def test_default_sections_equal_model_defaults() -> None:
-    values = tomllib.loads(SECTIONS_FILE.read_text(encoding="utf-8"))
-    assert HL7Settings.model_validate(values["hl7"]) == HL7Settings()
-    assert FHIRSettings.model_validate(values["fhir"]) == FHIRSettings()
-
-
-def test_default_sections_mention_every_key() -> None:
-    text = SECTIONS_FILE.read_text(encoding="utf-8")
-    written = set(re.findall(r"^#? ?([a-z_]+) = ", text, flags=re.MULTILINE))
-    written |= set(re.findall(r"^#? ?\[\[[a-z0-9]+\.([a-z_]+)\]\]", text, flags=re.MULTILINE))
-    for model in (HL7Settings, FHIRSettings):
-        missing = set(model.model_fields) - written
-        assert not missing, f"{model.__name__}: {sorted(missing)}"
+from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
 
 
 @pytest.mark.parametrize(

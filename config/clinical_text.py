@@ -1,11 +1,8 @@
-"""Settings of the clinical-text integrations: ``[hl7]`` and ``[fhir]``.
+"""Settings of the clinical-text sources: ``[hl7]`` and ``[fhir]``.
 
-This module imports nothing of hipfuse outside ``hipfuse.integrations`` (only
-pydantic and the character-set table), so ``hipfuse.config.settings`` can use
-:class:`HL7Settings` and :class:`FHIRSettings` as its ``hl7`` and ``fhir``
-sections without an import cycle. The sections follow the conventions of the
-other sections there: unknown keys are errors, values are frozen, units are in
-the key names, and every key has a default that the shipped TOML file shows.
+``hipfuse.integrations`` reads these sections, and the node's
+:class:`~hipfuse.config.settings.Settings` uses them as its ``hl7`` and
+``fhir`` fields. The shipped ``default.toml`` documents every key.
 """
 
 from __future__ import annotations
@@ -15,41 +12,19 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from hipfuse.integrations.hl7.charsets import UnknownCharsetError, codec_for_charset
-
-
-class SettingsKeyError(ValueError):
-    """A problem that involves several keys, reported at ``key`` of the section.
-
-    ``hipfuse.config.settings`` appends ``key`` to the error path it shows.
-    """
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-def _check_ip_address(value: str) -> str:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
-    return value
-
-
-def _check_network(value: str) -> str:
-    try:
-        ipaddress.ip_network(value, strict=True)
-    except ValueError as exc:
-        if "has host bits set" in str(exc):
-            suggestion = ipaddress.ip_network(value, strict=False)
-            raise ValueError(
-                f"{value!r} has host bits set; write the network as {suggestion}"
-            ) from None
-        raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
-    return value
+from hipfuse.config.fields import (
+    IPAddress,
+    IPNetwork,
+    NonNegativeDays,
+    NonNegativeSeconds,
+    Port,
+    PositiveSeconds,
+    Section,
+    SettingsKeyError,
+)
+from hipfuse.config.hl7_charsets import UnknownCharsetError, codec_for_charset
 
 
 def _check_charset(value: str) -> str:
@@ -60,29 +35,17 @@ def _check_charset(value: str) -> str:
     return value
 
 
-_IPAddress = Annotated[str, AfterValidator(_check_ip_address)]
-_IPNetwork = Annotated[str, AfterValidator(_check_network)]
-_Port = Annotated[int, Field(ge=1, le=65535)]
-_PositiveSeconds = Annotated[float, Field(gt=0)]
-_NonNegativeDays = Annotated[float, Field(ge=0)]
-
-
-class _Section(BaseModel):
-    # Unknown keys are errors, so a misspelt key never silently keeps its default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HL7Settings(_Section):
+class HL7Settings(Section):
     """HL7 v2 listener over MLLP and watched folder for clinical text (``[hl7]``)."""
 
     enabled: bool = False
-    bind_address: _IPAddress = "127.0.0.1"
+    bind_address: IPAddress = "127.0.0.1"
     # 2575 is the port IANA registered for HL7 over MLLP.
-    port: _Port = 2575
-    allowed_addresses: list[_IPNetwork] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    port: Port = 2575
+    allowed_addresses: list[IPNetwork] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     max_connections: Annotated[int, Field(ge=1, le=1000)] = 20
     max_message_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
-    idle_timeout_s: _PositiveSeconds = 300.0
+    idle_timeout_s: PositiveSeconds = 300.0
     # Character set of messages whose MSH-18 is empty: an HL7 Table 0211 value
     # ("UNICODE UTF-8", "GB 18030-2000", "8859/1") or a Python codec name.
     default_charset: Annotated[str, AfterValidator(_check_charset)] = "UNICODE UTF-8"
@@ -92,13 +55,16 @@ class HL7Settings(_Section):
     )
     application_name: Annotated[str, Field(min_length=1, max_length=64)] = "HIPFUSE"
     watch_dir: Path | None = None
-    watch_stable_s: _PositiveSeconds = 2.0
+    watch_stable_s: PositiveSeconds = 2.0
+    # Seconds the node waits, from the moment a study is complete, for HL7 text
+    # of its patient to arrive before it analyses without; 0 analyses at once.
+    text_wait_s: NonNegativeSeconds = 60.0
     # Text of the patient dated this long before or after the study counts
     # when no order number links it to the study. Diagnoses, medications and
     # social history count back to history_before_days.
-    window_before_days: _NonNegativeDays = 365.0
-    window_after_days: _NonNegativeDays = 7.0
-    history_before_days: _NonNegativeDays = 3650.0
+    window_before_days: NonNegativeDays = 365.0
+    window_after_days: NonNegativeDays = 7.0
+    history_before_days: NonNegativeDays = 3650.0
 
     @model_validator(mode="after")
     def _check_processing_ids(self) -> HL7Settings:
@@ -120,27 +86,24 @@ class HL7Settings(_Section):
         return any(peer in ipaddress.ip_network(network) for network in self.allowed_addresses)
 
 
-class IssuerSystem(_Section):
+class IssuerSystem(Section):
     """Map of a DICOM Issuer of Patient ID to the FHIR identifier system of those IDs."""
 
     issuer: Annotated[str, Field(min_length=1, max_length=64)]
     system: Annotated[str, Field(min_length=1)]
 
 
-class FHIRSettings(_Section):
+class FHIRSettings(Section):
     """FHIR R4 client that queries clinical text around a study (``[fhir]``)."""
 
     enabled: bool = False
     base_url: str = ""
-    # 0 means analyse at once with whatever text is already there. The node
-    # waits this long for HL7 messages as well as for FHIR.
-    text_wait_s: Annotated[float, Field(ge=0)] = 60.0
     token_file: Path | None = None
     ca_file: Path | None = None
-    timeout_s: _PositiveSeconds = 30.0
+    timeout_s: PositiveSeconds = 30.0
     max_attempts: Annotated[int, Field(ge=1, le=20)] = 4
-    backoff_initial_s: _PositiveSeconds = 1.0
-    backoff_max_s: _PositiveSeconds = 30.0
+    backoff_initial_s: PositiveSeconds = 1.0
+    backoff_max_s: PositiveSeconds = 30.0
     page_size: Annotated[int, Field(ge=1, le=1000)] = 50
     max_pages: Annotated[int, Field(ge=1, le=10000)] = 20
     max_attachment_bytes: Annotated[int, Field(ge=1024)] = 5 * 1024 * 1024
@@ -151,9 +114,9 @@ class FHIRSettings(_Section):
     # Notes and reports dated in the window count. Conditions, medications and
     # social-history observations are history: those dated up to
     # history_before_days before the study (and window_after_days after it) count.
-    window_before_days: _NonNegativeDays = 365.0
-    window_after_days: _NonNegativeDays = 7.0
-    history_before_days: _NonNegativeDays = 3650.0
+    window_before_days: NonNegativeDays = 365.0
+    window_after_days: NonNegativeDays = 7.0
+    history_before_days: NonNegativeDays = 3650.0
 
     @field_validator("base_url")
     @classmethod
