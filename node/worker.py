@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,12 +367,19 @@ class AnalysisWorker:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 datasets = self.encode(result, selected)
-            for warning in caught:
-                log.warning(
+            # One line per distinct source, with a count: highdicom repeats the same
+            # warning for every object of a study.
+            counts = Counter(
+                (warning.category.__name__, f"{Path(warning.filename).name}:{warning.lineno}")
+                for warning in caught
+            )
+            for (category, source), count in sorted(counts.items()):
+                log.info(
                     "encoding_warning",
                     study_instance_uid=uid,
-                    category=warning.category.__name__,
-                    source=f"{Path(warning.filename).name}:{warning.lineno}",
+                    category=category,
+                    source=source,
+                    count=count,
                 )
         except Exception as error:  # highdicom and the encoders raise ValueError and others
             log.exception("encoding_error", study_instance_uid=uid)
