@@ -1,6 +1,6 @@
 """Write a study's results as JSON and PNG overlays for research use.
 
-The JSON holds UIDs but no patient name, ID or birth date, so result folders
+The JSON contains UIDs but no patient name, ID or birth date, so result folders
 can be shared inside a research group without further de-identification of
 the JSON itself (the overlays show only pixels and burned-in model output).
 """

@@ -127,8 +127,8 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
     """Run the bundle on every hip found in the study's inputs.
 
     A hip found in one image but not the other is analysed with the
-    modalities that show it, and the result says so. Inputs from different
-    patients are refused before any model work.
+    modalities that show it, with a warning in the result. Inputs from different
+    patients are rejected before any model work.
 
     Raises
     ------
