@@ -16,10 +16,10 @@ scaled to ``WORK_WIDTH_PX`` columns and combines three cues:
 
 When both femoral shafts end in a metaphysis with a darker gap above it
 (cartilage), the femoral heads of a young child are not yet ossified and
-cannot be seen; each centre is then placed above its metaphysis (see
-``UNOSSIFIED_HEAD_OFFSET``). Otherwise the hip centres are the mirror-image
-pair of radial symmetry peaks about the midline, in the middle rows of the
-image, with the largest sum.
+cannot be seen; each centre is then placed between its metaphysis and the
+lowest point of the ilium above it (see ``radiograph_acetabula``). Otherwise
+the hip centres are the mirror-image pair of radial symmetry peaks about the
+midline, in the middle rows of the image, with the largest sum.
 """
 
 from __future__ import annotations
@@ -30,11 +30,14 @@ from enum import StrEnum
 import numpy as np
 from scipy import ndimage as ndi
 
+from hipfuse.inference.regions.radiograph_acetabula import (
+    acetabular_roof_points,
+    infant_hip_centres,
+)
 from hipfuse.inference.regions.radiograph_shafts import (
     ImageSide,
     femoral_shafts,
     heads_unossified,
-    unossified_centres,
 )
 
 WORK_WIDTH_PX = 256
@@ -151,7 +154,7 @@ def locate_hip_centres(pixels: np.ndarray) -> HipLandmarks:
 
     shafts = femoral_shafts(flat, midline)
     if shafts is not None and heads_unossified(image, shafts):
-        centres = unossified_centres(shafts)
+        centres = infant_hip_centres(shafts, acetabular_roof_points(image, shafts))
         method = LocalisationMethod.UNOSSIFIED_HEADS
     else:
         centres = _symmetric_peak_pair(symmetry, midline, floor)

@@ -3,8 +3,8 @@
 Until the femoral head ossifies, the head is cartilage and as dark as soft
 tissue on a radiograph. Its position is then read from the femur. Each shaft
 is a long, straight bright band in the lower part of the image, followed
-upward to the metaphysis where it ends, and the hip centre lies just above
-that end.
+upward to the metaphysis where it ends; the hip centre lies above and medial
+of that end (see ``radiograph_acetabula``).
 """
 
 from __future__ import annotations
@@ -50,13 +50,6 @@ CARTILAGE_GAP_RATIO = 0.75
 """Largest mean ratio of the grey level just above the shaft ends to that just
 below them for unossified heads. The paediatric samples measured 0.46 to 0.70,
 simulated adult films with the shafts in view 0.95 to 1.0."""
-
-UNOSSIFIED_HEAD_OFFSET = (0.06, 0.02)
-"""Estimated offset of an unossified (cartilaginous) femoral head centre from the
-top of the metaphysis: up and toward the midline, as fractions of the distance
-between the two shaft ends. An estimate from the five paediatric sample films:
-where an ossification centre is visible it lies about this far above the
-metaphysis, and the acetabular roofs frame the same point on the others."""
 
 SHAFT_TOP_ROW = 0.2
 """Highest row, as a fraction of the height, that a shaft may reach. A track
@@ -232,16 +225,3 @@ def heads_unossified(image: np.ndarray, shafts: dict[ImageSide, FemoralShaft]) -
             return False
         ratios.append(float(above.mean()) / float(below.mean()))
     return float(np.mean(ratios)) < CARTILAGE_GAP_RATIO
-
-
-def unossified_centres(
-    shafts: dict[ImageSide, FemoralShaft],
-) -> dict[ImageSide, tuple[float, float]]:
-    """Place each hip centre above its metaphysis by ``UNOSSIFIED_HEAD_OFFSET``."""
-    left, right = shafts[ImageSide.LEFT], shafts[ImageSide.RIGHT]
-    span = float(right.end_column - left.end_column)
-    up, medial = UNOSSIFIED_HEAD_OFFSET
-    return {
-        ImageSide.LEFT: (left.end_row - up * span, left.end_column + medial * span),
-        ImageSide.RIGHT: (right.end_row - up * span, right.end_column - medial * span),
-    }

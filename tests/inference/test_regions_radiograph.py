@@ -20,17 +20,20 @@ XRAY = Path(__file__).resolve().parents[2] / "samples" / "xray"
 CROP_PX = 96
 CROP_MM = 100.0
 
-# Hip centres (row, column) on the 331 x 331 sample films, checked by eye on
-# the films with the boxes drawn. Each lies above the femoral metaphysis, under
-# the acetabular roof, because the femoral heads of these infants are not yet
-# ossified (film 107 shows the ossification centres). The tolerance of 12
-# pixels is about a twentieth of the distance between the hips.
+# Hip joint centres (row, column) on the 331 x 331 sample films. The femoral
+# heads of these infants are still cartilage, so each was placed by eye on a
+# zoomed film with a 10-pixel grid. It lies in the dark space that the head fills,
+# below the acetabular roof and the lowest point of the ilium (Hilgenreiner's
+# line), above the femoral metaphysis, medial of its middle and lateral of the
+# triradiate cartilage. On film 107 the ossification centres of both heads are
+# visible and the centres sit on them. The tolerance of 12 pixels is about a
+# twentieth of the distance between the hips.
 EXPECTED_CENTRES = {
-    "ap_pelvis_ddh_1": {Laterality.RIGHT: (137, 63), Laterality.LEFT: (132, 274)},
-    "ap_pelvis_ddh_10": {Laterality.RIGHT: (160, 45), Laterality.LEFT: (158, 276)},
-    "ap_pelvis_ddh_107": {Laterality.RIGHT: (163, 59), Laterality.LEFT: (146, 266)},
-    "ap_pelvis_ddh_115": {Laterality.RIGHT: (173, 52), Laterality.LEFT: (164, 268)},
-    "ap_pelvis_ddh_116": {Laterality.RIGHT: (169, 59), Laterality.LEFT: (161, 281)},
+    "ap_pelvis_ddh_1": {Laterality.RIGHT: (138, 68), Laterality.LEFT: (134, 265)},
+    "ap_pelvis_ddh_10": {Laterality.RIGHT: (160, 57), Laterality.LEFT: (158, 265)},
+    "ap_pelvis_ddh_107": {Laterality.RIGHT: (168, 60), Laterality.LEFT: (164, 262)},
+    "ap_pelvis_ddh_115": {Laterality.RIGHT: (175, 60), Laterality.LEFT: (165, 262)},
+    "ap_pelvis_ddh_116": {Laterality.RIGHT: (168, 68), Laterality.LEFT: (164, 270)},
 }
 TOLERANCE_PX = 12.0
 FILMS = sorted(EXPECTED_CENTRES)
@@ -100,6 +103,23 @@ def test_real_film_crops_and_boxes(films, found, name):
         assert row_stop < rows + side / 2
         assert column_start > -side / 2
         assert column_stop < columns + side / 2
+
+
+@pytest.mark.parametrize("name", FILMS)
+def test_real_film_boxes_on_film(films, found, name):
+    # Most of each box lies on the film, and it stops short of the point
+    # halfway between the hips, so a crop shows one hip, not half the pelvis.
+    rows, columns = films[name].pixels.shape
+    regions = found[name].regions
+    between = (regions[Laterality.RIGHT].centre[1] + regions[Laterality.LEFT].centre[1]) / 2
+    for region in regions.values():
+        row_start, column_start, row_stop, column_stop = region.box
+        inside = (min(row_stop, rows) - max(row_start, 0)) * (
+            min(column_stop, columns) - max(column_start, 0)
+        )
+        assert inside / ((row_stop - row_start) * (column_stop - column_start)) >= 0.85
+    assert regions[Laterality.RIGHT].box[3] < between
+    assert regions[Laterality.LEFT].box[1] > between
 
 
 @pytest.mark.parametrize("name", FILMS)
