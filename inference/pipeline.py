@@ -6,6 +6,7 @@ node and the benchmark all call :func:`analyze_study`.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,11 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
         warnings.extend(inputs.radiograph.warnings)
     warnings.extend(check_same_patient(inputs.radiograph, inputs.ct, inputs.text))
 
+    # The note is embedded in a thread while the images are searched for hips,
+    # so text encoding overlaps the region search instead of following it.
+    text_thread = _TextEmbeddingThread(bundle, inputs.text)
+    text_thread.start()
+
     preprocessing = bundle.config.preprocessing
     started = time.perf_counter()
     radiograph_regions: dict[Laterality, RadiographRegion] = {}
@@ -208,11 +214,17 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
                 text=text,
             )
         )
+    text_thread.join()
+    if text_thread.error is not None:
+        raise text_thread.error
     if not hips:
         raise InputError("hip_not_found", "no hip was found in the radiograph or the CT")
 
-    predictions = predict(bundle, hips, gradcam=gradcam)
+    ready = {text_thread.text: text_thread.embedding} if text_thread.text is not None else None
+    predictions = predict(bundle, hips, gradcam=gradcam, text_embeddings=ready)
     timings.update(predictions.timings)
+    # predict found the embedding ready: the encoding time is the thread's.
+    timings["text_encoding_s"] = text_thread.elapsed_s
 
     started = time.perf_counter()
     results = []
@@ -237,6 +249,28 @@ def analyze_study(bundle: Bundle, inputs: StudyInputs, gradcam: bool = True) -> 
         **{name: round(value, 4) for name, value in timings.items()},
     )
     return StudyResult(results, inputs.radiograph, canonical_ct, inputs.text, warnings, timings)
+
+
+class _TextEmbeddingThread(threading.Thread):
+    """Embed a study's note with the bundle's text encoder, timing it."""
+
+    def __init__(self, bundle: Bundle, text: ClinicalText | None) -> None:
+        super().__init__(name="hipfuse-text-embedding", daemon=True)
+        self.bundle = bundle
+        self.text = text.text if text is not None else None
+        self.embedding = None
+        self.elapsed_s = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        if self.text is None:
+            return
+        started = time.perf_counter()
+        try:
+            self.embedding = self.bundle.text_encoder.encode(self.text)
+        except BaseException as error:  # re-raised in the calling thread
+            self.error = error
+        self.elapsed_s = time.perf_counter() - started
 
 
 def _masked_input_warning(name: str, error: InputError) -> InputWarning:

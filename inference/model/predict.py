@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +19,7 @@ from hipfuse.inference.model.preprocess import (
     normalise_ct,
     normalise_radiograph,
 )
+from hipfuse.inference.model.text import TextEmbedding
 from hipfuse.inference.types import (
     HIP_CLASSES,
     INPUT_MODALITIES,
@@ -181,6 +183,7 @@ def predict(
     gradcam: bool = True,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    text_embeddings: Mapping[str, TextEmbedding | None] | None = None,
 ) -> Predictions:
     """Classify hips and explain the predicted class with Grad-CAM.
 
@@ -195,6 +198,9 @@ def predict(
         them the forward runs under ``torch.inference_mode``.
     batch_size
         Hips per forward pass.
+    text_embeddings
+        Notes already embedded with ``bundle.text_encoder``, keyed by the note
+        text; other notes are embedded here.
 
     Raises
     ------
@@ -220,9 +226,13 @@ def predict(
     text_started = time.perf_counter()
     # Both hips of a study carry the same note: encode each distinct text once.
     vectors: dict[str, torch.Tensor | None] = {}
+    ready = text_embeddings or {}
     for hip in prepared:
         if hip.text is not None and hip.text not in vectors:
-            encoded = bundle.text_encoder.encode(hip.text)
+            if hip.text in ready:
+                encoded = ready[hip.text]
+            else:
+                encoded = bundle.text_encoder.encode(hip.text)
             vectors[hip.text] = encoded.vector if encoded is not None else None
         hip.text_vector = vectors.get(hip.text) if hip.text is not None else None
     timings["text_encoding_s"] = time.perf_counter() - text_started

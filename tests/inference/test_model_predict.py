@@ -232,3 +232,20 @@ def test_default_preset_one_hip():
     assert result.ct_cam.shape == (64, 128, 128)
     assert sum(result.probabilities.values()) == pytest.approx(1.0, abs=1e-6)
     assert np.isfinite(result.ct_cam).all()
+
+
+def test_ready_text_embedding_reused(bundle, monkeypatch):
+    expected = predict(bundle, study(), gradcam=False)
+    ready = {NOTE: bundle.text_encoder.encode(NOTE)}
+    calls = []
+    original = bundle.text_encoder.encode
+
+    def counting(text):
+        calls.append(text)
+        return original(text)
+
+    monkeypatch.setattr(bundle.text_encoder, "encode", counting)
+    reused = predict(bundle, study(), gradcam=False, text_embeddings=ready)
+    assert calls == []
+    for first, second in zip(expected, reused, strict=True):
+        assert first.probabilities == second.probabilities
