@@ -191,8 +191,10 @@ def run_node(config: Path, bundle_dir: Path | None) -> int:
 
     from hipfuse.config.logging import configure_logging
     from hipfuse.node.service import NodeService, ServiceError
+    from hipfuse.node.systemd_notify import SystemdNotifier
 
     configure_logging(settings.logging.level.value, settings.logging.json_lines)
+    notifier = SystemdNotifier()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -203,12 +205,18 @@ def run_node(config: Path, bundle_dir: Path | None) -> int:
     except ServiceError as error:
         print(f"hipfuse-node: cannot start: {error}", file=sys.stderr)
         return EXIT_START_FAILED
+    # The SCP listens and the bundle is loaded once start() returns.
+    notifier.ready(
+        f"listening as {settings.node.ae_title} on {settings.node.bind_address}:{service.port}"
+    )
+    check_interval_s = min(1.0, notifier.watchdog_interval_s or 1.0)
     try:
-        service.wait(stop)
+        service.wait(stop, check_interval_s, on_healthy=notifier.watchdog)
     except ServiceError as error:
         print(f"hipfuse-node: {error}", file=sys.stderr)
         return EXIT_STOPPED_UNEXPECTEDLY
     finally:
+        notifier.stopping()
         service.stop()
     return EXIT_OK
 

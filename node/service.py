@@ -325,9 +325,22 @@ class NodeService:
         log.info("node_stopped", clean=not busy)
         return not busy
 
-    def wait(self, stop: threading.Event, check_interval_s: float = 1.0) -> None:
-        """Block until ``stop`` is set (by a signal handler, for example)."""
+    def wait(
+        self,
+        stop: threading.Event,
+        check_interval_s: float = 1.0,
+        on_healthy: Callable[[], object] | None = None,
+    ) -> None:
+        """Block until ``stop`` is set (by a signal handler, for example).
+
+        Every ``check_interval_s`` seconds the assembler, worker and sender
+        threads are checked. ``on_healthy`` (the systemd watchdog ping) is
+        called after each check that finds all of them alive. A dead thread
+        raises :class:`ServiceError` instead, so the pings stop.
+        """
         while not stop.wait(check_interval_s):
             dead = [thread.name for thread in self._threads if not thread.is_alive()]
             if dead:
                 raise ServiceError(f"node threads stopped unexpectedly: {', '.join(dead)}")
+            if on_healthy is not None:
+                on_healthy()
