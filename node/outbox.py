@@ -11,9 +11,7 @@ never gets a second SR for one analysis.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,13 +19,13 @@ import structlog
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from hipfuse.node.durable_files import fsync_dir, remove_temp_files, write_file_durably
 from hipfuse.node.jobstore import ResultObject
 from hipfuse.node.spool import validate_uid
 
 log = structlog.get_logger(__name__)
 
 OUTBOX_DIR_NAME = "outbox"
-_TEMP_SUFFIX = ".tmp"
 
 
 def result_uid(role: str, input_fingerprint: str, bundle_checksum: str, *parts: str) -> str:
@@ -68,10 +66,7 @@ class OutboxFolder:
         Returns the number of temporary files deleted.
         """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        removed = 0
-        for temp in self.root.glob(f"*/.*{_TEMP_SUFFIX}"):
-            temp.unlink(missing_ok=True)
-            removed += 1
+        removed = remove_temp_files(self.root, "*")
         if removed:
             log.warning("outbox_temp_files_removed", count=removed, outbox=str(self.root))
         return removed
@@ -93,33 +88,17 @@ class OutboxFolder:
         """
         folder = self.study_dir(study_instance_uid)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _fsync_dir(folder.parent)
+        fsync_dir(folder.parent)
         written = []
         for dataset in datasets:
             sop_uid = validate_uid("SOPInstanceUID", dataset.SOPInstanceUID)
             final = folder / f"{sop_uid}.dcm"
-            fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{sop_uid}.", suffix=_TEMP_SUFFIX)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    dataset.save_as(handle, enforce_file_format=True)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temp_name, final)
-            except BaseException:
-                Path(temp_name).unlink(missing_ok=True)
-                raise
+            write_file_durably(
+                final, lambda handle, ds=dataset: ds.save_as(handle, enforce_file_format=True)
+            )
             written.append(ResultObject(sop_uid, str(dataset.SOPClassUID), final))
-        _fsync_dir(folder)
         return written
 
     def remove_study(self, study_instance_uid: str) -> None:
         """Delete one study's result files (retention)."""
         shutil.rmtree(self.study_dir(study_instance_uid), ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

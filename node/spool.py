@@ -10,22 +10,22 @@ Folders are created with mode 0700 and files with 0600.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import structlog
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from hipfuse.node.durable_files import fsync_dir, remove_temp_files, write_file_durably
+
 log = structlog.get_logger(__name__)
 
 SPOOL_DIR_NAME = "spool"
-_TEMP_SUFFIX = ".tmp"
 # UID syntax of PS3.5 section 9.1: components of digits separated by dots, no
 # leading zero in a component of more than one digit, at most 64 characters.
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -148,10 +148,7 @@ class Spool:
         never acknowledged, so the sender still has them.
         """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        removed = 0
-        for temp in self.root.glob(f"*/*/.*{_TEMP_SUFFIX}"):
-            temp.unlink(missing_ok=True)
-            removed += 1
+        removed = remove_temp_files(self.root, "*/*")
         if removed:
             log.warning("spool_temp_files_removed", count=removed, spool=str(self.root))
         return removed
@@ -191,22 +188,15 @@ class Spool:
         self._make_dir(series_dir)
 
         replaced = final.exists()
-        fd, temp_name = tempfile.mkstemp(
-            dir=series_dir, prefix=f".{uids.sop_instance_uid}.", suffix=_TEMP_SUFFIX
-        )
         size = 0
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for part in parts:
-                    handle.write(part)
-                    size += len(part)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temp_name, final)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(series_dir)
+
+        def write(handle: BinaryIO) -> None:
+            nonlocal size
+            for part in parts:
+                handle.write(part)
+                size += len(part)
+
+        write_file_durably(final, write)
         return SpooledFile(path=final, size_bytes=size, replaced_existing=replaced)
 
     def remove(self, path: Path) -> None:
@@ -220,7 +210,7 @@ class Spool:
         """Delete a study's folder (retention); the UID is validated first."""
         study_dir = self.root / validate_uid("StudyInstanceUID", study_instance_uid)
         shutil.rmtree(study_dir, ignore_errors=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _make_dir(self, path: Path) -> None:
         """Create ``path`` (mode 0700) and make its new directory entry durable."""
@@ -233,13 +223,4 @@ class Spool:
         except FileNotFoundError:
             self._make_dir(path.parent)
             path.mkdir(mode=0o700, exist_ok=True)
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename or a new file) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)

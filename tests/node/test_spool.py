@@ -102,7 +102,7 @@ def test_failed_write_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def failing_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("hipfuse.node.spool.os.fsync", failing_fsync)
+    monkeypatch.setattr("hipfuse.node.durable_files.os.fsync", failing_fsync)
     with pytest.raises(OSError, match="No space left"):
         spool.store_instance(UIDS, [b"abc"])
     assert list(spool.path_for(UIDS).parent.iterdir()) == [spool.path_for(other)]
