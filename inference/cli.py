@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bundle = load_bundle(args.bundle)
     except BundleError as error:
-        print(f"hipfuse-analyze: model bundle {args.bundle} refused: {error}", file=sys.stderr)
+        print(f"hipfuse-analyze: model bundle {args.bundle} rejected: {error}", file=sys.stderr)
         return EXIT_BUNDLE_ERROR
     try:
         inputs = read_inputs(args.radiograph, args.ct, args.text)

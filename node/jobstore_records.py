@@ -53,7 +53,7 @@ class InstanceRecord:
 
 @dataclass(frozen=True)
 class RecordOutcome:
-    """What :meth:`JobStore.record_instance` did."""
+    """Outcome of :meth:`JobStore.record_instance`."""
 
     created: bool
     study_created: bool

@@ -33,7 +33,7 @@ class StudyState(StrEnum):
 
 
 class SkipReason(StrEnum):
-    """Why a complete study is not analysed."""
+    """Reason a complete study is not analysed."""
 
     NO_HIP_IMAGES = "no_hip_images"
     ALREADY_ANALYSED = "already_analysed"

@@ -184,7 +184,7 @@ def _slice_geometry(volume: CTVolume) -> dict[str, np.ndarray | float]:
 def _rescale_for(voxels: np.ndarray) -> tuple[float, float]:
     low, high = float(voxels.min()), float(voxels.max())
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise InputError(ErrorCode.PIXEL_DATA_INVALID, "the volume holds NaN or infinite voxels")
+        raise InputError(ErrorCode.PIXEL_DATA_INVALID, "the volume contains NaN or infinite voxels")
     integral = all(np.array_equal(image, np.rint(image)) for image in voxels)
     if integral and low >= _INT16_MIN and high <= _INT16_MAX:
         return 1.0, 0.0

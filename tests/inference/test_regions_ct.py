@@ -213,7 +213,7 @@ def test_invalid_crop_arguments(pelvis, crop_shape, crop_spacing_mm, message):
 
 def test_body_cut_off_at_one_side(pelvis):
     # Keep only the patient's right half: the field of view cuts through the
-    # body, so the midline is unknown and the lone head's side cannot be told.
+    # body, so the midline is unknown and the lone head's side cannot be determined.
     right_half = CTVolume(pelvis.voxels[62:].copy(), pelvis.affine.copy())
     right_half.affine[:3, 3] += pelvis.affine[:3, 0] * 62
 
