@@ -31,14 +31,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 
-# Stages that are model compute, as keys of the pipeline's timings.
-MODEL_STAGES = (
-    "text_encoding_s",
-    "radiograph_encoder_s",
-    "ct_encoder_s",
-    "fusion_s",
-    "gradcam_backward_s",
-)
 
 
 def matmul_peak_gflops(device, size: int = 2048, repeats: int = 10) -> float:
@@ -92,7 +84,7 @@ def main() -> int:
 
     from hipfuse.inference.model.bundle import build_untrained_bundle
     from hipfuse.inference.model.config import ModelPreset, make_bundle_config
-    from hipfuse.inference.model.predict import HipInputs
+    from hipfuse.inference.model.predict import HipInputs, model_compute_s
     from hipfuse.inference.pipeline import analyze_study, read_inputs
     from hipfuse.inference.readers.ct import reorient_to_canonical
     from hipfuse.inference.readers.dicom_series_writer import write_ct_series
@@ -146,7 +138,7 @@ def main() -> int:
 
     peak = matmul_peak_gflops(device)
     median = {key: statistics.median([run[key] for run in runs]) for key in runs[0]}
-    model_s = sum(median[key] for key in MODEL_STAGES)
+    model_s = model_compute_s(median)
     study_s = median["study_s"]
     report = {
         "device": str(device),

@@ -5,8 +5,8 @@ with DCMTK ``storescu`` (``TCP_NODELAY=1``, ``--max-pdu 131072``) to
 
 * DCMTK ``storescp`` with the same options, the reference receiver, which
   writes files without fsync, and
-* the node's SCP, which fsyncs each file, its folder and the job store commit
-  before it responds.
+* the node's SCP, which fsyncs each file and its folder and commits the
+  instance's job store record before it responds.
 
 Both receivers and the sender run inside a network namespace of their own
 (loopback only), each receiver afresh for each run with an empty output
@@ -188,7 +188,8 @@ def serve(data_dir: Path) -> None:
         }
     )
     settings = load_settings()
-    jobstore = JobStore.in_data_dir(data_dir)
+    # As NodeService opens the SCP's connection: commits unsynced, the spool synced.
+    jobstore = JobStore.in_data_dir(data_dir, durable_commits=False)
     server = start_scp(settings, jobstore, Spool(data_dir))
     stopped = False
 

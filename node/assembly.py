@@ -38,6 +38,7 @@ from hipfuse.node.series import (
     select_inputs,
 )
 from hipfuse.node.states import SkipReason, StudyState
+from hipfuse.node.wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
 
@@ -73,10 +74,14 @@ class StudyAssembler:
         jobstore: JobStore,
         settings: StudySettings,
         clock: Callable[[], float] = time.time,
+        wake: Wakeup | None = None,
+        on_complete: Callable[[], None] | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.settings = settings
         self.clock = clock
+        self.wake = wake
+        self.on_complete = on_complete
 
     def run_once(self, now: float | None = None) -> list[AssemblyOutcome]:
         """Assemble every study that is due at ``now``; return what was decided."""
@@ -101,10 +106,18 @@ class StudyAssembler:
         """Call :meth:`run_once` every ``interval_s`` seconds until ``stop`` is set."""
         while not stop.is_set():
             try:
-                self.run_once()
+                outcomes = self.run_once()
             except Exception:  # keep assembling other studies later; the error is logged
                 log.exception("assembly_failed")
-            stop.wait(interval_s)
+                outcomes = []
+            if self.on_complete is not None and any(
+                outcome.state is StudyState.COMPLETE for outcome in outcomes
+            ):
+                self.on_complete()
+            if self.wake is not None:
+                self.wake.wait(stop, interval_s)
+            else:
+                stop.wait(interval_s)
 
     def assemble(
         self, study: StudyRecord, now: float, *, early: bool = False

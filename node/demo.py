@@ -409,9 +409,12 @@ def study_latency(jobstore: JobStore, study_uid: str) -> dict[str, float] | None
 
     The last instance is the one before the latest analysis, as the worker
     recorded it. Also returns the worker's times recorded with the analysis:
-    ``duration_s`` in all, of which ``decode_s``, ``text_wait_s``,
-    ``analysis_s`` (``model_s`` of it in the network) and ``encode_s``. All in
-    seconds; ``None`` until an SR was sent.
+    ``waited_s`` from the last instance to the start of the analysis,
+    ``duration_s`` of the analysis in all, of which ``decode_s``,
+    ``text_wait_s``, ``analysis_s`` (``model_s`` of it in the prediction,
+    ``model_compute_s`` in the networks) and ``encode_s`` (``sr_encode_s``
+    of it before the SR was queued). All in seconds; ``None`` until an SR
+    was sent.
     """
     from hipfuse.node.states import JobState
 
@@ -430,7 +433,18 @@ def study_latency(jobstore: JobStore, study_uid: str) -> dict[str, float] | None
     details = analysed[-1].details
     timings = {
         name: float(details.get(name, 0.0))
-        for name in ("duration_s", "decode_s", "text_wait_s", "analysis_s", "model_s", "encode_s")
+        for name in (
+            "waited_s",
+            "duration_s",
+            "decode_s",
+            "text_wait_s",
+            "analysis_s",
+            "model_s",
+            "model_compute_s",
+            "encode_s",
+            "sr_encode_s",
+        )
     }
-    latency_s = min(item.updated_at for item in sent) - float(details["last_instance_at"])
+    sr_stored_at = min(item.updated_at for item in sent)
+    latency_s = sr_stored_at - float(details["last_instance_at"])
     return {"latency_s": latency_s, **timings}

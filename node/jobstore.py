@@ -90,9 +90,15 @@ class JobStore(OutboxMixin, EventsAndJobsMixin):
     clock
         Source of the times written when a method gets no ``now``: seconds
         since the epoch. Tests pass a controllable clock.
+    durable_commits
+        Sync the WAL at every commit (SQLite ``synchronous=FULL``), so a
+        commit survives power loss. The SCP's connection turns it off: its
+        instance records are rebuilt from the spool after a power loss
+        (:mod:`hipfuse.node.spool_recovery`), and a process crash loses no
+        commit either way.
     """
 
-    def __init__(self, path: Path, clock: Any = time.time) -> None:
+    def __init__(self, path: Path, clock: Any = time.time, *, durable_commits: bool = True) -> None:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
@@ -104,18 +110,21 @@ class JobStore(OutboxMixin, EventsAndJobsMixin):
             self.path, isolation_level=None, check_same_thread=False, timeout=30.0
         )
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is synced at every commit, so a committed instance record
-        # survives power loss, not only a process crash.
-        self._db.execute("PRAGMA synchronous=FULL")
+        # FULL syncs the WAL at every commit; NORMAL only at checkpoints.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock:
             self.schema_version_before_open = migrate(self._db)
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path, clock: Any = time.time) -> JobStore:
+    def in_data_dir(
+        cls, data_dir: Path, clock: Any = time.time, *, durable_commits: bool = True
+    ) -> JobStore:
         """Open the store at ``data_dir/jobs.sqlite3``, creating the folder (mode 0700)."""
         Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        return cls(Path(data_dir) / JOB_STORE_FILE_NAME, clock=clock)
+        return cls(
+            Path(data_dir) / JOB_STORE_FILE_NAME, clock=clock, durable_commits=durable_commits
+        )
 
     def close(self) -> None:
         """Close the connection; the store cannot be used afterwards."""
@@ -369,6 +378,11 @@ class JobStore(OutboxMixin, EventsAndJobsMixin):
                 (sop_instance_uid, study_uid),
             ).fetchone()
         return int(current - (old[0] if old else 0) + size_bytes)
+
+    def recorded_sop_instance_uids(self) -> set[str]:
+        """Return the SOP Instance UID of every recorded instance."""
+        with self._lock:
+            return {row[0] for row in self._db.execute("SELECT sop_instance_uid FROM instances")}
 
     def list_instances(self, study_uid: str, series_uid: str | None = None) -> list[StoredInstance]:
         """Return the study's instances (of one series if given) in receipt order."""

@@ -168,35 +168,11 @@ class OutboxMixin:
             longer ``fingerprint``.
         """
         at = self._now(now)
-        job_ids = []
         with self._transaction() as db:
-            study = self._study_row(db, study_uid)
-            if study is None:
-                raise StudyNotFoundError(f"no study with Study Instance UID {study_uid!r}")
-            if study.state is not StudyState.ANALYSING:
-                raise StateConflictError(
-                    f"study {study_uid} is {study.state.value}, not analysing: "
-                    "its results are not queued"
-                )
-            if study.input_fingerprint != fingerprint:
-                raise StateConflictError(
-                    f"study {study_uid} now has input fingerprint {study.input_fingerprint}, "
-                    f"not {fingerprint}: its results are not queued"
-                )
-            already_queued = 0
-            for result in objects:
-                for destination in destinations:
-                    queued = db.execute(
-                        "SELECT 1 FROM outbox WHERE sop_instance_uid = ? AND destination = ?",
-                        (result.sop_instance_uid, destination),
-                    ).fetchone()
-                    if queued:
-                        already_queued += 1
-                        continue
-                    job_ids.append(
-                        self._insert_send(db, study_uid, fingerprint, result, destination, at)
-                    )
-
+            study = self._analysing_study(db, study_uid, fingerprint)
+            job_ids, already_queued = self._queue_sends(
+                db, study_uid, fingerprint, objects, destinations, at
+            )
             summary = {
                 **(details or {}),
                 "objects": len(objects),
@@ -206,16 +182,98 @@ class OutboxMixin:
             self._checked_transition(db, study, StudyState.ANALYSED, None, at, summary)
             analysed = self._study_row(db, study_uid)
             assert analysed is not None
-            next_state = StudyState.SENDING if job_ids else StudyState.DONE
+            sending = bool(job_ids or already_queued)
+            next_state = StudyState.SENDING if sending else StudyState.DONE
             self._checked_transition(db, analysed, next_state, None, at, {})
             if job_id is not None:
                 self._succeed_running_job(db, job_id, study_uid, at)
-            rows = db.execute(
-                f"SELECT {_OUTBOX_COLUMNS} {_OUTBOX_FROM} "
-                f"WHERE o.job_id IN ({', '.join('?' * len(job_ids))}) ORDER BY o.item_id",
-                job_ids,
-            ).fetchall()
+            rows = self._items_of_jobs(db, job_ids)
+        if already_queued:
+            # Items queued early (the SR) may all be sent already; then nothing
+            # else would move the study on.
+            self.settle_study_sends(study_uid, now=at)
         return [_item_from_row(row) for row in rows]
+
+    def queue_results(
+        self,
+        study_uid: str,
+        *,
+        fingerprint: str,
+        objects: Sequence[ResultObject],
+        destinations: Sequence[str],
+        now: float | None = None,
+    ) -> list[OutboxItem]:
+        """Queue result objects of a study that is still ``analysing``.
+
+        The worker queues the SR this way before it encodes the Secondary
+        Captures, so the SR reaches PACS while they are made.
+        :meth:`record_results` later queues the rest and does not queue these
+        again. The study's state does not change.
+
+        Raises
+        ------
+        StudyNotFoundError, StateConflictError
+            As for :meth:`record_results`.
+        """
+        at = self._now(now)
+        with self._transaction() as db:
+            self._analysing_study(db, study_uid, fingerprint)
+            job_ids, _ = self._queue_sends(db, study_uid, fingerprint, objects, destinations, at)
+            rows = self._items_of_jobs(db, job_ids)
+        return [_item_from_row(row) for row in rows]
+
+    def _analysing_study(
+        self, db: sqlite3.Connection, study_uid: str, fingerprint: str
+    ) -> StudyRecord:
+        """Return the study; raise unless it is ``analysing`` with ``fingerprint``."""
+        study = self._study_row(db, study_uid)
+        if study is None:
+            raise StudyNotFoundError(f"no study with Study Instance UID {study_uid!r}")
+        if study.state is not StudyState.ANALYSING:
+            raise StateConflictError(
+                f"study {study_uid} is {study.state.value}, not analysing: "
+                "its results are not queued"
+            )
+        if study.input_fingerprint != fingerprint:
+            raise StateConflictError(
+                f"study {study_uid} now has input fingerprint {study.input_fingerprint}, "
+                f"not {fingerprint}: its results are not queued"
+            )
+        return study
+
+    def _queue_sends(
+        self,
+        db: sqlite3.Connection,
+        study_uid: str,
+        fingerprint: str,
+        objects: Sequence[ResultObject],
+        destinations: Sequence[str],
+        at: float,
+    ) -> tuple[list[int], int]:
+        """Insert one send per object and destination not queued yet; return (job ids, skipped)."""
+        job_ids = []
+        already_queued = 0
+        for result in objects:
+            for destination in destinations:
+                queued = db.execute(
+                    "SELECT 1 FROM outbox WHERE sop_instance_uid = ? AND destination = ?",
+                    (result.sop_instance_uid, destination),
+                ).fetchone()
+                if queued:
+                    already_queued += 1
+                    continue
+                job_ids.append(
+                    self._insert_send(db, study_uid, fingerprint, result, destination, at)
+                )
+        return job_ids, already_queued
+
+    @staticmethod
+    def _items_of_jobs(db: sqlite3.Connection, job_ids: Sequence[int]) -> list[tuple[Any, ...]]:
+        return db.execute(
+            f"SELECT {_OUTBOX_COLUMNS} {_OUTBOX_FROM} "
+            f"WHERE o.job_id IN ({', '.join('?' * len(job_ids))}) ORDER BY o.item_id",
+            list(job_ids),
+        ).fetchall()
 
     def _succeed_running_job(
         self, db: sqlite3.Connection, job_id: int, study_uid: str, at: float

@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from hipfuse.config.settings import Destination, NodeSettings, SendSettings
 from hipfuse.node.jobstore import JobStore, OutboxItem
 from hipfuse.node.scu import AssociationError, FileToStore, Peer, StoreOutcome, store_files
+from hipfuse.node.wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +86,7 @@ class DestinationSender:
         *,
         store: StoreFunction = store_files,
         clock: Callable[[], float] = time.time,
+        wake: Wakeup | None = None,
     ) -> None:
         # NOTE: DICOM TLS is not implemented; the service refuses to start
         # with tls = true rather than send in the clear.
@@ -94,6 +96,7 @@ class DestinationSender:
         self.peer = peer_for(destination, node_settings)
         self.store = store
         self.clock = clock
+        self.wake = wake
 
     def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
         """Send due items until ``stop`` is set; a round in progress is finished first."""
@@ -104,7 +107,10 @@ class DestinationSender:
                 log.exception("sender_error", destination=self.destination.name)
                 handled = 0
             if not handled:
-                stop.wait(interval_s)
+                if self.wake is not None:
+                    self.wake.wait(stop, interval_s)
+                else:
+                    stop.wait(interval_s)
 
     def run_once(self) -> int:
         """Send the due items of the destination once; return how many were tried."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from hipfuse.config.settings import Settings
+from hipfuse.node.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from hipfuse.integrations.hl7.service import HL7Service
@@ -37,6 +38,8 @@ DEFAULT_BUNDLE_DIR = Path("bundles/demo")
 # Seconds :meth:`NodeService.stop` waits for each thread; an analysis still
 # running after that is redone at the next start.
 DEFAULT_STOP_TIMEOUT_S = 30.0
+# Least seconds between two assembler runs that stored instances start.
+ASSEMBLY_WAKE_SPACING_S = 0.05
 
 
 class ServiceError(RuntimeError):
@@ -100,11 +103,13 @@ class NodeService:
         self.clock = clock
         self.poll_interval_s = poll_interval_s
         self.jobstore: JobStore | None = None
+        self._scp_store: JobStore | None = None
         self.scp: ScpServer | None = None
         self.hl7_store: HL7Store | None = None
         self.hl7: HL7Service | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._wakes: list[Wakeup] = []
 
     @property
     def port(self) -> int:
@@ -143,6 +148,7 @@ class NodeService:
         from hipfuse.node.scp import start_scp
         from hipfuse.node.sender import DestinationSender
         from hipfuse.node.spool import Spool
+        from hipfuse.node.spool_recovery import record_unrecorded_instances
         from hipfuse.node.worker import AnalysisWorker
 
         settings = self.settings
@@ -183,7 +189,18 @@ class NodeService:
 
         outbox = OutboxFolder(data_dir)
         outbox.prepare()
-        assembler = StudyAssembler(jobstore, settings.study, clock=self.clock)
+        send_wakes = [Wakeup() for _ in settings.destinations]
+        analyse_wake = Wakeup()
+        # Spaced: early completion classifies the whole study on each run.
+        assemble_wake = Wakeup(min_spacing_s=ASSEMBLY_WAKE_SPACING_S)
+        self._wakes = [assemble_wake, analyse_wake, *send_wakes]
+        assembler = StudyAssembler(
+            jobstore,
+            settings.study,
+            clock=self.clock,
+            wake=assemble_wake,
+            on_complete=analyse_wake.notify,
+        )
         worker = AnalysisWorker(
             jobstore,
             outbox,
@@ -193,12 +210,30 @@ class NodeService:
             device=DeviceIdentity(station_name=settings.node.ae_title),
             clock=self.clock,
             text=text,
+            wake=analyse_wake,
+            on_results=lambda: [wake.notify() for wake in send_wakes],
         )
+        spool = Spool(data_dir)
+        spool.prepare()
+        recovered = record_unrecorded_instances(spool, jobstore)
+        if recovered:
+            log.warning("spooled_instances_recovered", count=recovered)
+        # The SCP records instances on a connection of its own whose commits are
+        # not synced: the spooled file is, and start-up recovers from it.
+        self._scp_store = JobStore.in_data_dir(data_dir, clock=self.clock, durable_commits=False)
         try:
-            self.scp = start_scp(settings, jobstore, Spool(data_dir), clock=self.clock)
+            self.scp = start_scp(
+                settings,
+                self._scp_store,
+                spool,
+                clock=self.clock,
+                on_stored=assemble_wake.notify,
+            )
         except OSError as error:
             self._stop_hl7()
             self._close_hl7_store()
+            self._scp_store.close()
+            self._scp_store = None
             jobstore.close()
             node = settings.node
             raise ServiceError(
@@ -209,9 +244,9 @@ class NodeService:
         interval = self.poll_interval_s
         self._spawn("assembler", assembler.run, interval)
         self._spawn("worker", worker.run, interval)
-        for destination in settings.destinations:
+        for destination, wake in zip(settings.destinations, send_wakes, strict=True):
             sender = DestinationSender(
-                destination, jobstore, settings.send, settings.node, clock=self.clock
+                destination, jobstore, settings.send, settings.node, clock=self.clock, wake=wake
             )
             self._spawn(f"sender-{destination.name}", sender.run, interval)
         log.info(
@@ -308,6 +343,8 @@ class NodeService:
         # cannot keep. The store stays open until the worker has finished.
         self._stop_hl7()
         self._stop.set()
+        for wake in self._wakes:
+            wake.notify()
         deadline = time.monotonic() + timeout_s
         busy = []
         for thread in self._threads:
@@ -319,6 +356,9 @@ class NodeService:
             log.warning("node_stop_timed_out", busy_threads=busy, timeout_s=timeout_s)
         else:
             self._close_hl7_store()
+            if self._scp_store is not None:
+                self._scp_store.close()
+                self._scp_store = None
             if self.jobstore is not None:
                 self.jobstore.close()
                 self.jobstore = None

@@ -8,14 +8,16 @@ For each study it claims (``complete → analysing``) the worker
 2. reads the radiograph and CT series from the spool, gathers the clinical
    text of the study's patient (:mod:`hipfuse.node.clinical_text`, waiting
    up to ``[hl7] text_wait_s`` for HL7 text) and runs the model,
-3. encodes one Comprehensive 3D SR and the Grad-CAM Secondary Captures, with
-   SOP Instance UIDs derived from the input fingerprint and the bundle's
-   weights checksum (:func:`hipfuse.node.outbox.result_uid`),
-4. writes them into the outbox folder, and in one job store transaction queues
-   one outbox item per object and destination and marks the study analysed.
+3. encodes one Comprehensive 3D SR, with SOP Instance UIDs derived from the
+   input fingerprint and the bundle's weights checksum
+   (:func:`hipfuse.node.outbox.result_uid`), writes it into the outbox folder
+   and queues it for every destination, so it is sent while
+4. the Grad-CAM Secondary Captures are encoded and written; then one job
+   store transaction queues them and marks the study analysed.
 
-A crash before step 4 commits leaves the study in ``analysing``. Start-up puts
-it back to ``complete``, and the analysis runs again and produces the same UIDs.
+A crash before that commit leaves the study in ``analysing``. Start-up puts
+it back to ``complete``, and the analysis runs again and produces the same
+UIDs; an SR queued before the crash is not queued again.
 An input the model cannot analyse (:class:`~hipfuse.inference.types.InputError`)
 fails the study with the error's code and message. A node that stops while
 the worker waits for text puts the study back to ``complete`` at once.
@@ -47,6 +49,7 @@ from hipfuse.node.jobstore import (
 from hipfuse.node.outbox import OutboxFolder, result_uid
 from hipfuse.node.series import InputRole, select_inputs
 from hipfuse.node.states import FailureCode, JobKind, SkipReason, StudyState
+from hipfuse.node.wakeup import Wakeup
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -191,6 +194,8 @@ class AnalysisWorker:
         device: DeviceIdentity | None = None,
         clock: Callable[[], float] = time.time,
         text: TextGatherer | None = None,
+        wake: Wakeup | None = None,
+        on_results: Callable[[], None] | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.outbox = outbox
@@ -200,6 +205,8 @@ class AnalysisWorker:
         self.device = device or DeviceIdentity()
         self.clock = clock
         self.text = text
+        self.wake = wake
+        self.on_results = on_results
 
     def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
         """Analyse studies until ``stop`` is set, waiting ``interval_s`` when none is complete.
@@ -214,7 +221,10 @@ class AnalysisWorker:
                 log.exception("worker_error")
                 outcome = None
             if outcome is None:
-                stop.wait(interval_s)
+                if self.wake is not None:
+                    self.wake.wait(stop, interval_s)
+                else:
+                    stop.wait(interval_s)
 
     def run_once(self, stop: threading.Event | None = None) -> AnalysisOutcome | None:
         """Claim the longest-waiting complete study and process it; ``None`` if none waits."""
@@ -240,12 +250,13 @@ class AnalysisWorker:
             JobKind.ANALYSE, uid, details={"fingerprint": selected.fingerprint}
         )
         ids: dict[str, Any] = {"study_instance_uid": uid, "job_id": job_id}
+        waited_s = self.clock() - study.last_instance_at
         log.info(
             "analysis_started",
             **ids,
             radiograph=selected.radiograph is not None,
             ct_slices=len(selected.ct_slices),
-            waited_s=round(self.clock() - study.last_instance_at, 3),
+            waited_s=round(waited_s, 3),
         )
         started = time.perf_counter()
         try:
@@ -256,9 +267,12 @@ class AnalysisWorker:
             objects, timings = self._analyse_and_write(uid, selected, inputs)
         except AnalysisFailedError as error:
             return self._fail(uid, job_id, error.code, str(error), started)
+        except StateConflictError as error:
+            return self._conflict(uid, job_id, error)
 
         if text is not None:
             timings["text_wait_s"] = text.waited_s
+        timings["waited_s"] = waited_s
         timings["duration_s"] = time.perf_counter() - started
         rounded = {name: round(value, 4) for name, value in timings.items()}
         details: dict[str, Any] = {
@@ -278,9 +292,9 @@ class AnalysisWorker:
                 details=details,
             )
         except StateConflictError as error:
-            self.jobstore.finish_job(job_id, succeeded=False, error=str(error))
-            log.error("analysis_failed", **ids, error_code="state_conflict", error=str(error))
-            return AnalysisOutcome(uid, self.jobstore.get_study(uid).state, None, job_id)
+            return self._conflict(uid, job_id, error)
+        if self.on_results is not None:
+            self.on_results()
         if not self.destinations:
             log.warning("no_destinations", **ids, message="results are kept in the outbox folder")
         log.info("analysis_finished", **ids, objects=len(objects), **rounded)
@@ -341,6 +355,7 @@ class AnalysisWorker:
     def _analyse_and_write(
         self, uid: str, selected: SelectedInputs, inputs: StudyInputs
     ) -> tuple[list[ResultObject], dict[str, float]]:
+        from hipfuse.inference.model.predict import model_compute_s
         from hipfuse.inference.types import InputError
 
         try:
@@ -357,37 +372,78 @@ class AnalysisWorker:
             "decode_s": inputs.decode_s,
             "analysis_s": time.perf_counter() - started,
             "model_s": float(result.timings_s.get("total_s", 0.0)),
+            "model_compute_s": model_compute_s(result.timings_s),
         }
 
         started = time.perf_counter()
+        sources = self._read_sources(uid, selected)
+        objects = self._write(uid, self._encoded(uid, self.encode_sr, result, selected, sources))
+        timings["sr_encode_s"] = time.perf_counter() - started
+        if self.destinations:
+            # The SR goes out while the Secondary Captures are made: it is the
+            # result radiologists read first.
+            assert selected.fingerprint is not None
+            self.jobstore.queue_results(
+                uid,
+                fingerprint=selected.fingerprint,
+                objects=objects,
+                destinations=self.destinations,
+            )
+            if self.on_results is not None:
+                self.on_results()
+        captures = self._encoded(uid, self.encode_captures, result, selected, sources)
+        objects += self._write(uid, captures)
+        timings["encode_s"] = time.perf_counter() - started
+        return objects, timings
+
+    def _read_sources(self, uid: str, selected: SelectedInputs) -> list[Dataset]:
+        """Read the headers of the input instances, which the results reference."""
+        import pydicom
+
+        try:
+            return [
+                pydicom.dcmread(instance.path, stop_before_pixels=True)
+                for instance in selected.instances
+            ]
+        except Exception as error:  # a spooled file changed or vanished since it was read
+            log.exception("encoding_error", study_instance_uid=uid)
+            raise AnalysisFailedError(
+                FailureCode.ENCODING_ERROR.value, f"{type(error).__name__}: {error}"
+            ) from error
+
+    def _encoded(self, uid: str, build: Callable[..., list[Dataset]], *args: Any) -> list[Dataset]:
+        """Run one encoder; log its warnings without their text; map errors to a failure."""
         try:
             # highdicom warns with the Patient's Name in the message (a name of one
             # component, for example), so warnings are logged without their text.
             # catch_warnings is process-wide: other threads' warnings meanwhile land here.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                datasets = self.encode(result, selected)
-            # One line per distinct source, with a count: highdicom repeats the same
-            # warning for every object of a study.
-            counts = Counter(
-                (warning.category.__name__, f"{Path(warning.filename).name}:{warning.lineno}")
-                for warning in caught
-            )
-            for (category, source), count in sorted(counts.items()):
-                log.info(
-                    "encoding_warning",
-                    study_instance_uid=uid,
-                    category=category,
-                    source=source,
-                    count=count,
-                )
+                datasets = build(*args)
         except Exception as error:  # highdicom and the encoders raise ValueError and others
             log.exception("encoding_error", study_instance_uid=uid)
             raise AnalysisFailedError(
                 FailureCode.ENCODING_ERROR.value, f"{type(error).__name__}: {error}"
             ) from error
+        # One line per distinct source, with a count: highdicom repeats the same
+        # warning for every object of a study.
+        counts = Counter(
+            (warning.category.__name__, f"{Path(warning.filename).name}:{warning.lineno}")
+            for warning in caught
+        )
+        for (category, source), count in sorted(counts.items()):
+            log.info(
+                "encoding_warning",
+                study_instance_uid=uid,
+                category=category,
+                source=source,
+                count=count,
+            )
+        return datasets
+
+    def _write(self, uid: str, datasets: Sequence[Dataset]) -> list[ResultObject]:
         try:
-            objects = self.outbox.write(uid, datasets)
+            return self.outbox.write(uid, datasets)
         except OSError as error:
             raise AnalysisFailedError(
                 FailureCode.OUTBOX_WRITE_FAILED.value,
@@ -395,18 +451,12 @@ class AnalysisWorker:
                 f"{error.strerror}; free disk space or fix the folder's permissions, then "
                 "send the study again",
             ) from error
-        timings["encode_s"] = time.perf_counter() - started
-        return objects, timings
 
-    def encode(self, result: StudyResult, selected: SelectedInputs) -> list[Dataset]:
-        """Build the SR and the Secondary Captures with UIDs fixed by inputs and bundle."""
-        import pydicom
-
+    def encode_sr(
+        self, result: StudyResult, selected: SelectedInputs, sources: Sequence[Dataset]
+    ) -> list[Dataset]:
+        """Build the SR, with UIDs fixed by the inputs and the bundle."""
         assert selected.fingerprint is not None
-        sources = [
-            pydicom.dcmread(instance.path, stop_before_pixels=True)
-            for instance in selected.instances
-        ]
         checksum = self.bundle_config.weights_sha256
         sr = build_sr(
             result,
@@ -417,11 +467,30 @@ class AnalysisWorker:
             series_instance_uid=result_uid("sr-series", selected.fingerprint, checksum),
             sop_instance_uid=result_uid("sr", selected.fingerprint, checksum),
         )
+        return [sr]
+
+    def encode_captures(
+        self, result: StudyResult, selected: SelectedInputs, sources: Sequence[Dataset]
+    ) -> list[Dataset]:
+        """Build the Grad-CAM Secondary Captures, with UIDs fixed by the inputs and the bundle."""
+        assert selected.fingerprint is not None
         captures = build_secondary_captures(
             result, self.bundle_config, sources, series_number=SC_SERIES_NUMBER, device=self.device
         )
-        fix_capture_uids(captures, selected.fingerprint, checksum)
-        return [sr, *captures]
+        fix_capture_uids(captures, selected.fingerprint, self.bundle_config.weights_sha256)
+        return captures
+
+    def _conflict(self, uid: str, job_id: int, error: StateConflictError) -> AnalysisOutcome:
+        """End the job of a study whose state or inputs changed while it was analysed."""
+        self.jobstore.finish_job(job_id, succeeded=False, error=str(error))
+        log.error(
+            "analysis_failed",
+            study_instance_uid=uid,
+            job_id=job_id,
+            error_code="state_conflict",
+            error=str(error),
+        )
+        return AnalysisOutcome(uid, self.jobstore.get_study(uid).state, None, job_id)
 
     def _put_back(self, uid: str, job_id: int) -> AnalysisOutcome:
         message = "the node stopped while the study waited for clinical text"

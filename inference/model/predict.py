@@ -97,6 +97,22 @@ class HipPrediction:
     ct_cam: np.ndarray | None = None
 
 
+# Stages of ``Predictions.timings`` that are network compute; the rest is
+# preprocessing and bookkeeping.
+MODEL_COMPUTE_STAGES = (
+    "text_encoding_s",
+    "radiograph_encoder_s",
+    "ct_encoder_s",
+    "fusion_s",
+    "gradcam_backward_s",
+)
+
+
+def model_compute_s(timings: dict[str, float]) -> float:
+    """Return the seconds of network compute in a study's ``timings``."""
+    return sum(timings.get(stage, 0.0) for stage in MODEL_COMPUTE_STAGES)
+
+
 class Predictions(list[HipPrediction]):
     """Predictions in input order, with the seconds spent per stage in ``timings``.
 

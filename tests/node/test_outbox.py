@@ -121,6 +121,45 @@ def test_record_results_without_destination_is_done(store: JobStore) -> None:
     assert store.get_study(STUDY).state is StudyState.DONE
 
 
+def test_queue_results_keeps_study_analysing(store: JobStore) -> None:
+    analysing_study(store)
+
+    early = store.queue_results(
+        STUDY, fingerprint=FINGERPRINT, objects=objects(1), destinations=["pacs"]
+    )
+    items = store.record_results(
+        STUDY, fingerprint=FINGERPRINT, objects=objects(3), destinations=["pacs"]
+    )
+
+    assert [item.sop_instance_uid for item in early] == ["1.2.3.9.1"]
+    assert [item.sop_instance_uid for item in items] == ["1.2.3.9.2", "1.2.3.9.3"]
+    assert store.get_study(STUDY).state is StudyState.SENDING
+
+
+@pytest.mark.parametrize(
+    ("sent", "state"),
+    [(True, StudyState.DONE), (False, StudyState.SENDING)],
+    ids=["sent-before-recorded", "still-queued"],
+)
+def test_results_queued_early_settle_the_study(
+    store: JobStore, sent: bool, state: StudyState
+) -> None:
+    analysing_study(store)
+    store.queue_results(STUDY, fingerprint=FINGERPRINT, objects=objects(1), destinations=["p"])
+    if sent:
+        (item,) = store.claim_due_sends("p")
+        store.finish_job(item.job_id, succeeded=True)
+        # The sender settles a study only once it is sending.
+        assert store.settle_study_sends(STUDY) is None
+
+    items = store.record_results(
+        STUDY, fingerprint=FINGERPRINT, objects=objects(1), destinations=["p"]
+    )
+
+    assert items == []
+    assert store.get_study(STUDY).state is state
+
+
 @pytest.mark.parametrize(
     ("fingerprint", "state", "match"),
     [

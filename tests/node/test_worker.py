@@ -14,6 +14,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import structlog
+from pydicom.uid import Comprehensive3DSRStorage
 from worker_helpers import FakeClock, ingest, loaded_bundle, sample_result, sample_study
 
 from hipfuse.config.settings import StudySettings
@@ -113,7 +114,9 @@ def test_worker_redo_after_crash_sends_same_uids(
             make_worker(node).run_once()
     assert node.jobstore.get_study(node.uid).state is StudyState.ANALYSING
     first_files = sorted(path.name for path in node.outbox.study_dir(node.uid).glob("*.dcm"))
-    assert node.jobstore.list_outbox(study_uid=node.uid) == []
+    # The SR was queued for both destinations before the Secondary Captures were made.
+    early = node.jobstore.list_outbox(study_uid=node.uid)
+    assert [item.sop_class_uid for item in early] == [Comprehensive3DSRStorage] * 2
 
     # Start-up of the next process.
     assert node.jobstore.recover_interrupted() == [node.uid]
@@ -125,11 +128,30 @@ def test_worker_redo_after_crash_sends_same_uids(
     items = node.jobstore.list_outbox(study_uid=node.uid)
     assert len(items) == 18
     assert len({(item.sop_instance_uid, item.destination) for item in items}) == 18
+    assert [item.job_id for item in items[:2]] == [item.job_id for item in early]
     analyses = node.jobstore.list_jobs(node.uid)
     assert [job.state for job in analyses if job.kind == JobKind.ANALYSE] == [
         JobState.FAILED,
         JobState.SUCCEEDED,
     ]
+
+
+def test_worker_queues_sr_before_encoding_captures(node: Node) -> None:
+    worker = make_worker(node)
+    encode_captures = worker.encode_captures
+    queued_meanwhile = []
+
+    def spy(*args):
+        queued_meanwhile.extend(node.jobstore.list_outbox(study_uid=node.uid))
+        return encode_captures(*args)
+
+    worker.encode_captures = spy
+    outcome = worker.run_once()
+
+    assert [item.sop_class_uid for item in queued_meanwhile] == [Comprehensive3DSRStorage] * 2
+    assert {item.destination for item in queued_meanwhile} == {"pacs", "archive"}
+    assert outcome.state is StudyState.SENDING
+    assert len(node.jobstore.list_outbox(study_uid=node.uid)) == 18
 
 
 def test_worker_skips_analysed_inputs(node: Node) -> None:
