@@ -171,7 +171,13 @@ def main() -> None:
                     f"model compute {latency['model_compute_s']:.2f} s, "
                     + ", ".join(
                         f"{name} {latency[name]:.2f}"
-                        for name in ("waited_s", "decode_s", "analysis_s", "sr_encode_s", "encode_s")
+                        for name in (
+                            "waited_s",
+                            "decode_s",
+                            "analysis_s",
+                            "sr_encode_s",
+                            "encode_s",
+                        )
                     )
                 )
                 if run:
