@@ -31,6 +31,7 @@ from hipfuse.node.jobstore import (
     StudyRecord,
     input_fingerprint,
 )
+from hipfuse.node.metrics import NodeMetrics, StudyOutcome
 from hipfuse.node.series import (
     InputRole,
     SeriesClassification,
@@ -66,6 +67,8 @@ class StudyAssembler:
         The ``[study]`` settings.
     clock
         Seconds since the epoch, used when :meth:`run_once` gets no ``now``.
+    metrics
+        Counts the studies skipped at assembly; ``None`` counts nothing.
     """
 
     def __init__(
@@ -73,10 +76,12 @@ class StudyAssembler:
         jobstore: JobStore,
         settings: StudySettings,
         clock: Callable[[], float] = time.time,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
 
     def run_once(self, now: float | None = None) -> list[AssemblyOutcome]:
         """Assemble every study that is due at ``now``; return what was decided."""
@@ -170,6 +175,8 @@ class StudyAssembler:
         if warnings:
             fields["warnings"] = warnings
         log.info(f"study_{state.value}", **fields)
+        if self.metrics is not None and state is StudyState.SKIPPED:
+            self.metrics.study_completed(StudyOutcome.SKIPPED)
         return AssemblyOutcome(
             study_instance_uid=uid,
             state=state,
