@@ -149,6 +149,8 @@ class EchoMonitor:
 
     def echo_all(self, stop: threading.Event | None = None) -> None:
         """Echo each destination once, in order; ``stop`` ends the round early."""
+        # NOTE: one thread for all destinations: each unreachable host that drops
+        # packets delays the next echoes by up to its acse_timeout_s.
         for name in self.peers:
             if stop is not None and stop.is_set():
                 return
@@ -261,6 +263,8 @@ class HealthChecker:
 
     def check_scp(self) -> CheckResult:
         """Check that the storage SCP's socket is open and listening."""
+        # NOTE: pynetdicom keeps no handle on the thread that accepts connections,
+        # so a listening socket whose accept loop has died still passes.
         check = HealthCheck.SCP_LISTENING
         if self.scp is None:
             return CheckResult(check, False, "the storage SCP is not running")
