@@ -211,6 +211,29 @@ class SendSettings(Section):
         return self
 
 
+class HttpSettings(Section):
+    """Admin HTTP endpoint with ``/healthz`` and ``/metrics`` (``[http]``)."""
+
+    enabled: bool = True
+    bind_address: IPAddress = "127.0.0.1"
+    # 11180: unprivileged, beside the DICOM port 11112 so firewall rules can
+    # group them, and outside 9100-9999, which Prometheus's list of default
+    # exporter ports has allocated in full. 0 lets the operating system choose.
+    port: Annotated[int, Field(ge=0, le=65535)] = 11180
+    echo_interval_s: PositiveSeconds = 60.0
+    echo_max_age_s: PositiveSeconds = 180.0
+
+    @model_validator(mode="after")
+    def _check_echo_ages(self) -> HttpSettings:
+        if self.echo_max_age_s <= self.echo_interval_s:
+            raise SettingsKeyError(
+                "echo_max_age_s",
+                f"{self.echo_max_age_s} must be above echo_interval_s ({self.echo_interval_s}), "
+                "or every destination fails the health check between two echoes",
+            )
+        return self
+
+
 class LoggingSettings(Section):
     """Log level and format (``[logging]``)."""
 
@@ -258,6 +281,7 @@ class Settings(BaseSettings):
     hl7: HL7Settings = Field(default_factory=HL7Settings)
     fhir: FHIRSettings = Field(default_factory=FHIRSettings)
     send: SendSettings = Field(default_factory=SendSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @model_validator(mode="after")

@@ -31,6 +31,7 @@ from hipfuse.node.jobstore import (
     StudyRecord,
     input_fingerprint,
 )
+from hipfuse.node.metrics import NodeMetrics, StudyOutcome
 from hipfuse.node.series import (
     InputRole,
     SeriesClassification,
@@ -67,6 +68,8 @@ class StudyAssembler:
         The ``[study]`` settings.
     clock
         Seconds since the epoch, used when :meth:`run_once` gets no ``now``.
+    metrics
+        Counts the studies skipped at assembly; ``None`` counts nothing.
     """
 
     def __init__(
@@ -76,12 +79,14 @@ class StudyAssembler:
         clock: Callable[[], float] = time.time,
         wake: Wakeup | None = None,
         on_complete: Callable[[], None] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.settings = settings
         self.clock = clock
         self.wake = wake
         self.on_complete = on_complete
+        self.metrics = metrics
 
     def run_once(self, now: float | None = None) -> list[AssemblyOutcome]:
         """Assemble every study that is due at ``now``; return what was decided."""
@@ -183,6 +188,8 @@ class StudyAssembler:
         if warnings:
             fields["warnings"] = warnings
         log.info(f"study_{state.value}", **fields)
+        if self.metrics is not None and state is StudyState.SKIPPED:
+            self.metrics.study_completed(StudyOutcome.SKIPPED)
         return AssemblyOutcome(
             study_instance_uid=uid,
             state=state,

@@ -249,6 +249,9 @@ text_wait_s = {DEMO_TEXT_WAIT_S}
 data_dir = "{data_dir}"
 min_free_bytes = 67108864
 
+[http]
+enabled = false
+
 [send]
 max_attempts = 3
 backoff_initial_s = 1.0

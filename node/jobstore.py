@@ -152,6 +152,20 @@ class JobStore(OutboxMixin, EventsAndJobsMixin):
     def _now(self, now: float | None) -> float:
         return float(self._clock() if now is None else now)
 
+    def probe_write(self) -> None:
+        """Commit a write transaction that leaves no row behind, to prove the store is writable.
+
+        Raises
+        ------
+        sqlite3.Error
+            The database is locked past the busy timeout, read-only, full or closed.
+        """
+        # Version 0 is never a schema version; the row is gone again at COMMIT, but
+        # its page still goes through the WAL and its fsync (synchronous=FULL).
+        with self._transaction() as db:
+            db.execute("INSERT INTO schema_version (version) VALUES (0)")
+            db.execute("DELETE FROM schema_version WHERE version = 0")
+
     # ------------------------------------------------------------------ #
     # Instances
     # ------------------------------------------------------------------ #

@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydicom.dataset import Dataset
@@ -66,6 +66,9 @@ from hipfuse.node.spool import (
     encode_file_meta,
     validate_uid,
 )
+
+if TYPE_CHECKING:
+    from hipfuse.node.metrics import NodeMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -136,6 +139,15 @@ class ScpServer:
         """TCP port the SCP listens on (useful when started with port 0)."""
         return int(self._server.server_address[1])
 
+    @property
+    def is_listening(self) -> bool:
+        """Whether the listening socket is open and in the listen state."""
+        listener = self._server.socket
+        if listener.fileno() == -1:
+            return False
+        # SO_ACCEPTCONN (Linux) is 1 while the socket accepts connections.
+        return bool(listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
     def stop(self) -> None:
         """Stop accepting associations and abort the ones still open.
 
@@ -161,6 +173,8 @@ class StorageSCP:
         Seconds since the epoch for ``received_at``; tests pass a controllable one.
     on_stored
         Called after each instance is recorded (it wakes the study assembler).
+    metrics
+        Counts stored instances and rejected associations; ``None`` counts nothing.
     """
 
     def __init__(
@@ -170,12 +184,14 @@ class StorageSCP:
         spool: Spool,
         clock: Callable[[], float] = time.time,
         on_stored: Callable[[], None] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.jobstore = jobstore
         self.spool = spool
         self.clock = clock
         self.on_stored = on_stored
+        self.metrics = metrics
         self._study_locks = [threading.Lock() for _ in range(_STUDY_LOCK_STRIPES)]
         self._counts: weakref.WeakKeyDictionary[Any, _AssociationCounts] = (
             weakref.WeakKeyDictionary()
@@ -266,6 +282,8 @@ class StorageSCP:
             peer_address=address,
             reason=reason.value,
         )
+        if self.metrics is not None:
+            self.metrics.association_rejected(reason.value)
         self.jobstore.record_event(
             "association_rejected",
             details={"calling_ae_title": calling, "peer_address": address, "reason": reason},
@@ -295,6 +313,10 @@ class StorageSCP:
             source=getattr(primitive, "result_source", None),
             diagnostic=getattr(primitive, "diagnostic", None),
         )
+        if self.metrics is not None:
+            self.metrics.association_rejected_by_protocol(
+                getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None)
+            )
 
     def handle_association_closed(self, event: Event) -> None:
         """Log the end of an association with its instance counts."""
@@ -428,6 +450,8 @@ class StorageSCP:
             replaced=not outcome.created,
             unreadable_attributes=list(header.unreadable) or None,
         )
+        if self.metrics is not None:
+            self.metrics.instance_received()
         return _status(StoreStatus.SUCCESS)
 
     def _check_resources(self, uids: InstanceUIDs, size_bytes: int) -> str | None:
@@ -452,10 +476,12 @@ def start_scp(
     spool: Spool,
     clock: Callable[[], float] = time.time,
     on_stored: Callable[[], None] | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> ScpServer:
     """Prepare the spool and start the storage SCP in background threads."""
     spool.prepare()
-    return StorageSCP(settings, jobstore, spool, clock=clock, on_stored=on_stored).start()
+    scp = StorageSCP(settings, jobstore, spool, clock=clock, on_stored=on_stored, metrics=metrics)
+    return scp.start()
 
 
 def _prefer_requested_transfer_syntaxes(association: Any) -> None:

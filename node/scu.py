@@ -1,6 +1,7 @@
 """C-STORE SCU: send DICOM files to one peer over one association.
 
-The outbox sender uses :func:`store_files` for results, and ``python -m
+The outbox sender uses :func:`store_files` for results, the health endpoint
+checks each destination with :func:`echo`, and ``python -m
 hipfuse.node.scu`` sends files from the command line where DCMTK's storescu
 is not installed. Each file is sent as stored: one presentation context is
 proposed per pair of SOP Class and transfer syntax found in the files, so
@@ -21,7 +22,10 @@ from pathlib import Path
 import structlog
 from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +120,67 @@ def _set_no_delay(event: Event) -> None:
         raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _context_pairs(contexts: Sequence[PresentationContext]) -> list[tuple[str, str]]:
+    """Return the (SOP Class, transfer syntax) pairs that ``contexts`` propose, sorted."""
+    return sorted(
+        (str(context.abstract_syntax), str(syntax))
+        for context in contexts
+        for syntax in context.transfer_syntax
+    )
+
+
+def open_association(
+    peer: Peer, contexts: Sequence[PresentationContext], connection_timeout_s: float | None = None
+) -> Association:
+    """Open an association with ``peer`` that proposes ``contexts``.
+
+    ``connection_timeout_s`` limits the TCP connect; ``None`` leaves it to the
+    operating system.
+
+    Raises
+    ------
+    AssociationError
+        The connection failed, timed out, or the peer rejected or aborted
+        the association request.
+    """
+    ae = AE(ae_title=peer.calling_ae_title)
+    ae.acse_timeout = peer.acse_timeout_s
+    ae.dimse_timeout = peer.dimse_timeout_s
+    ae.network_timeout = peer.network_timeout_s
+    ae.maximum_pdu_size = peer.max_pdu_bytes
+    ae.connection_timeout = connection_timeout_s
+    # pynetdicom reports a refused connection as an abort, so whether the TCP
+    # connection opened at all is tracked here.
+    connected = threading.Event()
+
+    def on_connection_open(event: Event) -> None:
+        connected.set()
+        _set_no_delay(event)
+
+    association = ae.associate(
+        peer.host,
+        peer.port,
+        contexts=contexts,
+        ae_title=peer.called_ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
+    )
+    if not association.is_established:
+        if not connected.is_set():
+            reason = "could not be reached (connection refused or timed out)"
+        elif association.is_rejected:
+            reason = "rejected the association request"
+        elif association.rejected_contexts and not association.accepted_contexts:
+            # pynetdicom aborts an association in which no context was accepted.
+            reason = (
+                "accepts none of the proposed presentation contexts (SOP Class and "
+                f"transfer syntax pairs {_context_pairs(contexts)})"
+            )
+        else:
+            reason = "aborted the association request or did not respond to it"
+        raise AssociationError(f"{peer.describe()} {reason}")
+    return association
+
+
 def store_files(peer: Peer, files: Sequence[FileToStore]) -> list[StoreOutcome]:
     """Send ``files`` to ``peer`` over one association, in order.
 
@@ -141,41 +206,7 @@ def store_files(peer: Peer, files: Sequence[FileToStore]) -> list[StoreOutcome]:
             f"{len(pairs)} pairs of SOP Class and transfer syntax need more than "
             f"{MAX_CONTEXTS} presentation contexts; send the files in smaller groups"
         )
-    ae = AE(ae_title=peer.calling_ae_title)
-    ae.acse_timeout = peer.acse_timeout_s
-    ae.dimse_timeout = peer.dimse_timeout_s
-    ae.network_timeout = peer.network_timeout_s
-    ae.maximum_pdu_size = peer.max_pdu_bytes
-    contexts = [build_context(sop_class, syntax) for sop_class, syntax in pairs]
-    # pynetdicom reports a refused connection as an abort, so whether the TCP
-    # connection opened at all is tracked here.
-    connected = threading.Event()
-
-    def on_connection_open(event: Event) -> None:
-        connected.set()
-        _set_no_delay(event)
-
-    association = ae.associate(
-        peer.host,
-        peer.port,
-        contexts=contexts,
-        ae_title=peer.called_ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
-    )
-    if not association.is_established:
-        if not connected.is_set():
-            reason = "could not be reached (connection refused or timed out)"
-        elif association.is_rejected:
-            reason = "rejected the association request"
-        elif association.rejected_contexts and not association.accepted_contexts:
-            # pynetdicom aborts an association in which no context was accepted.
-            reason = (
-                "accepts none of the proposed presentation contexts (SOP Class and "
-                f"transfer syntax pairs {pairs})"
-            )
-        else:
-            reason = "aborted the association request or did not respond to it"
-        raise AssociationError(f"{peer.describe()} {reason}")
+    association = open_association(peer, [build_context(s, t) for s, t in pairs])
 
     accepted = {
         (str(context.abstract_syntax), str(context.transfer_syntax[0]))
@@ -218,6 +249,28 @@ def store_files(peer: Peer, files: Sequence[FileToStore]) -> list[StoreOutcome]:
         if association.is_established:
             association.release()
     return outcomes
+
+
+def echo(peer: Peer, connection_timeout_s: float | None = None) -> int:
+    """Send one C-ECHO to ``peer`` and return its status (0 is Success).
+
+    Raises
+    ------
+    AssociationError
+        No association could be established, or the peer sent no C-ECHO
+        response (timed out or aborted).
+    """
+    association = open_association(
+        peer, [build_context(Verification)], connection_timeout_s=connection_timeout_s
+    )
+    try:
+        response = association.send_c_echo()
+    finally:
+        if association.is_established:
+            association.release()
+    if "Status" not in response:
+        raise AssociationError(f"no C-ECHO response from {peer.describe()} (timed out or aborted)")
+    return int(response.Status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from pydicom.errors import InvalidDicomError
 
 from hipfuse.config.settings import Destination, NodeSettings, SendSettings
 from hipfuse.node.jobstore import JobStore, OutboxItem
+from hipfuse.node.metrics import NodeMetrics
 from hipfuse.node.scu import AssociationError, FileToStore, Peer, StoreOutcome, store_files
 from hipfuse.node.wakeup import Wakeup
 
@@ -75,6 +76,8 @@ class DestinationSender:
         Sends files over one association; tests pass a fake.
     clock
         Seconds since the epoch for retry times.
+    metrics
+        Counts retried and failed sends; ``None`` counts nothing.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class DestinationSender:
         store: StoreFunction = store_files,
         clock: Callable[[], float] = time.time,
         wake: Wakeup | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         # NOTE: DICOM TLS is not implemented; the service refuses to start
         # with tls = true rather than send in the clear.
@@ -97,6 +101,7 @@ class DestinationSender:
         self.store = store
         self.clock = clock
         self.wake = wake
+        self.metrics = metrics
 
     def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
         """Send due items until ``stop`` is set; a round in progress is finished first."""
@@ -179,6 +184,8 @@ class DestinationSender:
                 item.job_id, succeeded=False, error=error, started_at=started_at
             )
             log.error("send_failed", **ids, error=error, max_attempts=self.settings.max_attempts)
+            if self.metrics is not None:
+                self.metrics.send_failed(self.destination.name)
             return
         delay_s = retry_delay_s(item.attempts, self.settings)
         self.jobstore.finish_job(
@@ -189,3 +196,5 @@ class DestinationSender:
             started_at=started_at,
         )
         log.warning("send_retry", **ids, error=error, retry_in_s=round(delay_s, 3))
+        if self.metrics is not None:
+            self.metrics.send_retried(self.destination.name)

@@ -2,11 +2,12 @@
 
 :meth:`NodeService.start` opens the job store, puts back work a stopped
 process left half done and loads the model bundle once. It then starts the
-HL7 intake (with ``[hl7] enabled``), the storage SCP, the study assembler,
-the analysis worker and one sender per destination, each in its own thread.
-:meth:`NodeService.stop` stops accepting associations and HL7 messages
-first, lets the worker and senders finish what they hold, and leaves queued
-work in the job store for the next start.
+HL7 intake (with ``[hl7] enabled``), the storage SCP, the admin HTTP
+endpoint (with ``[http] enabled``), the study assembler, the analysis worker
+and one sender per destination, each in its own thread.
+:meth:`NodeService.stop` stops the HTTP endpoint, then stops accepting
+associations and HL7 messages, lets the worker and senders finish what they
+hold, and leaves queued work in the job store for the next start.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ from hipfuse.config.settings import Settings
 from hipfuse.node.wakeup import Wakeup
 
 if TYPE_CHECKING:
+    from hipfuse.inference.model.config import BundleConfig
     from hipfuse.integrations.hl7.service import HL7Service
     from hipfuse.integrations.hl7.store import HL7Store
+    from hipfuse.node.http_endpoint import AdminEndpoint
     from hipfuse.node.jobstore import JobStore
+    from hipfuse.node.metrics import NodeMetrics
     from hipfuse.node.scp import ScpServer
 
 log = structlog.get_logger(__name__)
@@ -107,6 +111,8 @@ class NodeService:
         self.scp: ScpServer | None = None
         self.hl7_store: HL7Store | None = None
         self.hl7: HL7Service | None = None
+        self.metrics: NodeMetrics | None = None
+        self.http: AdminEndpoint | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wakes: list[Wakeup] = []
@@ -124,6 +130,13 @@ class NodeService:
         if self.hl7 is None:
             raise RuntimeError("the HL7 intake is not running; set [hl7] enabled and start()")
         return self.hl7.port
+
+    @property
+    def http_port(self) -> int:
+        """TCP port of the running admin HTTP endpoint."""
+        if self.http is None:
+            raise RuntimeError("the HTTP endpoint is not running; set [http] enabled and start()")
+        return self.http.port
 
     def start(self) -> None:
         """Start every part; raise :class:`ServiceError` when the node cannot run."""
@@ -144,6 +157,7 @@ class NodeService:
         from hipfuse.node.clinical_text import TextGatherer
         from hipfuse.node.encode import DeviceIdentity
         from hipfuse.node.jobstore import JobStore
+        from hipfuse.node.metrics import NodeMetrics
         from hipfuse.node.outbox import OutboxFolder
         from hipfuse.node.scp import start_scp
         from hipfuse.node.sender import DestinationSender
@@ -182,6 +196,14 @@ class NodeService:
             load_s=round(time.perf_counter() - started, 3),
         )
 
+        names = [destination.name for destination in settings.destinations]
+        metrics = None
+        if settings.http.enabled:
+            metrics = NodeMetrics(names)
+            metrics.set_bundle(bundle.config)
+            metrics.watch_jobstore(jobstore, names)
+        self.metrics = metrics
+
         self._start_hl7(data_dir)
         text = None
         if settings.hl7.enabled or settings.fhir.enabled:
@@ -200,6 +222,7 @@ class NodeService:
             clock=self.clock,
             wake=assemble_wake,
             on_complete=analyse_wake.notify,
+            metrics=metrics,
         )
         worker = AnalysisWorker(
             jobstore,
@@ -212,6 +235,7 @@ class NodeService:
             text=text,
             wake=analyse_wake,
             on_results=lambda: [wake.notify() for wake in send_wakes],
+            metrics=metrics,
         )
         spool = Spool(data_dir)
         spool.prepare()
@@ -228,6 +252,7 @@ class NodeService:
                 spool,
                 clock=self.clock,
                 on_stored=assemble_wake.notify,
+                metrics=metrics,
             )
         except OSError as error:
             self._stop_hl7()
@@ -240,13 +265,21 @@ class NodeService:
                 f"cannot listen on {node.bind_address}:{node.port}: {error.strerror}; "
                 "choose a free [node] port or another bind_address"
             ) from error
+        if metrics is not None:
+            self._start_http(metrics, bundle.config)
 
         interval = self.poll_interval_s
         self._spawn("assembler", assembler.run, interval)
         self._spawn("worker", worker.run, interval)
         for destination, wake in zip(settings.destinations, send_wakes, strict=True):
             sender = DestinationSender(
-                destination, jobstore, settings.send, settings.node, clock=self.clock, wake=wake
+                destination,
+                jobstore,
+                settings.send,
+                settings.node,
+                clock=self.clock,
+                wake=wake,
+                metrics=metrics,
             )
             self._spawn(f"sender-{destination.name}", sender.run, interval)
         log.info(
@@ -257,7 +290,35 @@ class NodeService:
             destinations=[destination.name for destination in settings.destinations],
             hl7_port=self.hl7.port if self.hl7 is not None else None,
             fhir=settings.fhir.enabled,
+            http_port=self.http.port if self.http is not None else None,
         )
+
+    def _start_http(self, metrics: NodeMetrics, bundle_config: BundleConfig) -> None:
+        """Start the admin HTTP endpoint; on failure stop what started and raise ServiceError."""
+        from hipfuse.node.http_endpoint import start_admin_endpoint
+
+        assert self.jobstore is not None and self.scp is not None
+        try:
+            self.http = start_admin_endpoint(
+                self.settings,
+                metrics,
+                jobstore=self.jobstore,
+                scp=self.scp,
+                bundle_config=bundle_config,
+            )
+        except OSError as error:
+            self.scp.stop()
+            self.scp = None
+            self._stop_hl7()
+            self._close_hl7_store()
+            self.jobstore.close()
+            self.jobstore = None
+            http = self.settings.http
+            raise ServiceError(
+                f"cannot start the HTTP endpoint on {http.bind_address}:{http.port}: "
+                f"{error.strerror or error}; choose a free [http] port or another "
+                "bind_address, or set [http] enabled = false"
+            ) from error
 
     def _start_hl7(self, data_dir: Path) -> None:
         """Open the HL7 store and start the MLLP listener when ``[hl7] enabled``."""
@@ -336,6 +397,10 @@ class NodeService:
         Returns ``False`` when a thread was still busy after ``timeout_s``
         seconds. Its work stays in the job store and is redone at the next start.
         """
+        # Stopped first: a health check after this point would report the SCP down.
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self.scp is not None:
             self.scp.stop()
             self.scp = None

@@ -46,6 +46,7 @@ from hipfuse.node.jobstore import (
     StudyRecord,
     input_fingerprint,
 )
+from hipfuse.node.metrics import NodeMetrics, StudyOutcome
 from hipfuse.node.outbox import OutboxFolder, result_uid
 from hipfuse.node.series import InputRole, select_inputs
 from hipfuse.node.states import FailureCode, JobKind, SkipReason, StudyState
@@ -181,6 +182,8 @@ class AnalysisWorker:
         Seconds since the epoch for the job store.
     text
         Gathers each study's clinical text; ``None`` analyses the images alone.
+    metrics
+        Counts each study's outcome and analysis time; ``None`` counts nothing.
     """
 
     def __init__(
@@ -196,6 +199,7 @@ class AnalysisWorker:
         text: TextGatherer | None = None,
         wake: Wakeup | None = None,
         on_results: Callable[[], None] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.outbox = outbox
@@ -207,6 +211,7 @@ class AnalysisWorker:
         self.text = text
         self.wake = wake
         self.on_results = on_results
+        self.metrics = metrics
 
     def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
         """Analyse studies until ``stop`` is set, waiting ``interval_s`` when none is complete.
@@ -298,6 +303,9 @@ class AnalysisWorker:
         if not self.destinations:
             log.warning("no_destinations", **ids, message="results are kept in the outbox folder")
         log.info("analysis_finished", **ids, objects=len(objects), **rounded)
+        if self.metrics is not None:
+            duration_s = timings["duration_s"] - timings.get("text_wait_s", 0.0)
+            self.metrics.study_completed(StudyOutcome.ANALYSED, duration_s)
         state = self.jobstore.get_study(uid).state
         return AnalysisOutcome(uid, state, None, job_id, tuple(objects), timings)
 
@@ -509,6 +517,8 @@ class AnalysisWorker:
             uid, StudyState.SKIPPED, reason=reason.value, expected=StudyState.ANALYSING
         )
         log.info("study_skipped", study_instance_uid=uid, reason=reason.value)
+        if self.metrics is not None:
+            self.metrics.study_completed(StudyOutcome.SKIPPED)
         return AnalysisOutcome(uid, StudyState.SKIPPED, reason.value)
 
     def _fail(
@@ -531,6 +541,8 @@ class AnalysisWorker:
             error=message,
             duration_s=duration_s,
         )
+        if self.metrics is not None:
+            self.metrics.study_completed(StudyOutcome.FAILED)
         return AnalysisOutcome(uid, StudyState.FAILED, code, job_id)
 
 

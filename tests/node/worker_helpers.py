@@ -130,9 +130,14 @@ def node_settings(
     callers: Sequence[str] = ("STORESCU", "ECHOSCU"),
     quiet_period_s: float = 1.0,
     send: str = "max_attempts = 3\nbackoff_initial_s = 1.0\nbackoff_max_s = 4.0",
+    http: str = "port = 0",
     extra: str = "",
 ) -> tuple[Path, Settings]:
-    """Write a node settings file into ``tmp_path``; return its path and the settings."""
+    """Write a node settings file into ``tmp_path``; return its path and the settings.
+
+    ``http`` is the body of the ``[http]`` table: by default port 0, so nodes
+    in concurrent tests never compete for the shipped port.
+    """
     caller_tables = ", ".join(f'{{ ae_title = "{title}" }}' for title in callers)
     destination_tables = "\n".join(
         textwrap.dedent(
@@ -172,7 +177,8 @@ def node_settings(
             """
         )
         + send
-        + "\n\n[logging]\njson = true\n"
+        + f"\n\n[http]\n{http}\n"
+        + "\n[logging]\njson = true\n"
         + extra
     )
     path = tmp_path / "node.toml"
