@@ -15,8 +15,9 @@ Without it, add the quiet period to every figure below.
 Prints per run the latency, the worker's stages and the model compute (the
 text encoder, both image encoders, fusion and the Grad-CAM backward pass, as
 the pipeline timed them), then one comparable figure: the median of
-latency / model compute (target 1.3 or lower). The first study warms up the
-allocator and kernels and is not counted.
+latency / model compute (target 1.3 or lower), and the peak resident memory
+of the process. The first study warms up the allocator and kernels and is
+not counted.
 
 Usage::
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -191,6 +193,9 @@ def main() -> None:
     print(f"median latency: {statistics.median(r['latency_s'] for r in rows):.2f} s")
     print(f"median model compute: {statistics.median(r['model_compute_s'] for r in rows):.2f} s")
     print(f"ratio latency / model compute: {statistics.median(ratios):.2f} (target 1.3 or lower)")
+    # ru_maxrss is in KiB on Linux: the node, its model and every study analysed.
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak resident memory of the node process: {peak_mib:.0f} MiB")
     sys.stdout.flush()
 
 

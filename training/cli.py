@@ -220,19 +220,8 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
 
     command.add_argument("--out", type=Path, required=True, help="bundle folder to write")
 
-    command.add_argument(
-        "--preset",
-        choices=["demo", "default"],
-        default="default",
-        help="architecture and crop preset; ignored with --init-from (default: default)",
-    )
-
-    command.add_argument(
-        "--mode",
-        choices=["end_to_end", "two_stage"],
-        default="end_to_end",
-        help="end_to_end trains every layer; two_stage freezes the image encoders and trains "
-        "the fusion head on cached features (default: end_to_end)",
+    add_preset_and_mode(
+        command, default_mode="end_to_end", preset_note="; ignored with --init-from"
     )
 
     command.add_argument(
@@ -262,6 +251,32 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         "(default: none)",
     )
 
+    add_split_options(command)
+    add_training_options(command)
+
+
+def add_preset_and_mode(
+    command: argparse.ArgumentParser, *, default_mode: str, preset_note: str = ""
+) -> None:
+    """Add ``--preset`` and ``--mode``, shared by ``fit`` and ``ablate``."""
+    command.add_argument(
+        "--preset",
+        choices=["demo", "default"],
+        default="default",
+        help=f"architecture and crop preset{preset_note} (default: default)",
+    )
+
+    command.add_argument(
+        "--mode",
+        choices=["end_to_end", "two_stage"],
+        default=default_mode,
+        help="end_to_end trains every layer; two_stage freezes the image encoders and trains "
+        f"the fusion head on cached features (default: {default_mode})",
+    )
+
+
+def add_split_options(command: argparse.ArgumentParser) -> None:
+    """Add the split fractions used when a manifest has no split column."""
     command.add_argument(
         "--test-fraction",
         type=float,
@@ -277,7 +292,6 @@ def _add_fit(commands: argparse._SubParsersAction) -> None:
         help="fraction of patients in the validation split when the manifest has no split "
         f"column (default: {DEFAULT_VALIDATION_FRACTION})",
     )
-    add_training_options(command)
 
 
 def _add_demo_bundle(commands: argparse._SubParsersAction) -> None:

@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 
 from hipfuse.training.cli import (
-    DEFAULT_TEST_FRACTION,
-    DEFAULT_VALIDATION_FRACTION,
+    add_preset_and_mode,
+    add_split_options,
     add_training_options,
 )
 
@@ -33,36 +33,10 @@ def add_ablate(commands: argparse._SubParsersAction) -> None:
 
     command.add_argument("--out", type=Path, required=True, help="output folder (created)")
 
-    command.add_argument(
-        "--preset",
-        choices=["demo", "default"],
-        default="default",
-        help="architecture and crop preset (default: default)",
-    )
+    # Two-stage by default: seven subsets trained end to end take seven times as long.
+    add_preset_and_mode(command, default_mode="two_stage")
+    add_split_options(command)
 
-    command.add_argument(
-        "--mode",
-        choices=["end_to_end", "two_stage"],
-        default="two_stage",
-        help="two_stage trains the fusion head on image features computed once; end_to_end "
-        "trains every layer (default: two_stage)",
-    )
-
-    command.add_argument(
-        "--test-fraction",
-        type=float,
-        default=DEFAULT_TEST_FRACTION,
-        help="fraction of patients in the test split when the manifest has no split column "
-        f"(default: {DEFAULT_TEST_FRACTION})",
-    )
-
-    command.add_argument(
-        "--validation-fraction",
-        type=float,
-        default=DEFAULT_VALIDATION_FRACTION,
-        help="fraction of patients in the validation split when the manifest has no split "
-        f"column (default: {DEFAULT_VALIDATION_FRACTION})",
-    )
     add_training_options(command)
 
 
