@@ -13,6 +13,10 @@ records each outcome once in the job store:
 
 A study moves to ``done`` when all its items are stored, or to ``failed``
 (``send_failed``) when none is left to try and one failed.
+
+A destination with ``tls = true`` is reached over DICOM TLS. A failed TLS
+handshake, or a TLS file that cannot be used, fails the round like an
+unreachable peer and is retried with the same back-off.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pydicom.errors import InvalidDicomError
 from hipfuse.config.settings import Destination, NodeSettings, SendSettings
 from hipfuse.node.jobstore import JobStore, OutboxItem
 from hipfuse.node.scu import AssociationError, FileToStore, Peer, StoreOutcome, store_files
+from hipfuse.node.tls import ClientTLS
 
 log = structlog.get_logger(__name__)
 
@@ -46,7 +51,7 @@ def retry_delay_s(attempts: int, settings: SendSettings) -> float:
 
 
 def peer_for(destination: Destination, node: NodeSettings) -> Peer:
-    """Return the peer of a destination, with the node's AE title and timeouts."""
+    """Return the peer of a destination, with the node's AE title, timeouts and TLS settings."""
     return Peer(
         called_ae_title=destination.ae_title,
         host=destination.host,
@@ -56,6 +61,7 @@ def peer_for(destination: Destination, node: NodeSettings) -> Peer:
         dimse_timeout_s=node.dimse_timeout_s,
         network_timeout_s=node.network_timeout_s,
         max_pdu_bytes=node.max_pdu_bytes,
+        tls=ClientTLS.from_destination(destination) if destination.tls else None,
     )
 
 
@@ -86,8 +92,6 @@ class DestinationSender:
         store: StoreFunction = store_files,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # NOTE: DICOM TLS is not implemented; the service refuses to start
-        # with tls = true rather than send in the clear.
         self.destination = destination
         self.jobstore = jobstore
         self.settings = send_settings

@@ -44,18 +44,14 @@ class ServiceError(RuntimeError):
 
 
 def runtime_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Return settings that are valid but that this version cannot run, as (path, reason)."""
-    problems = []
-    for index, destination in enumerate(settings.destinations):
-        if destination.tls:
-            problems.append(
-                (
-                    f"destinations[{index}].tls",
-                    "DICOM TLS is not implemented yet; set tls = false and protect the "
-                    "link otherwise (VPN or a TLS tunnel)",
-                )
-            )
-    return problems
+    """Return settings that are valid but that this host cannot run, as (path, reason).
+
+    These are the TLS certificate, key and CA files: missing, unreadable,
+    not matching or expired.
+    """
+    from hipfuse.node.tls import tls_problems
+
+    return tls_problems(settings)
 
 
 def resolve_bundle_dir(settings: Settings, override: Path | None = None) -> Path:
@@ -143,6 +139,7 @@ class NodeService:
         from hipfuse.node.scp import start_scp
         from hipfuse.node.sender import DestinationSender
         from hipfuse.node.spool import Spool
+        from hipfuse.node.tls import TLSFileError
         from hipfuse.node.worker import AnalysisWorker
 
         settings = self.settings
@@ -196,6 +193,11 @@ class NodeService:
         )
         try:
             self.scp = start_scp(settings, jobstore, Spool(data_dir), clock=self.clock)
+        except TLSFileError as error:
+            self._stop_hl7()
+            self._close_hl7_store()
+            jobstore.close()
+            raise ServiceError(f"cannot start DICOM TLS: {error}") from error
         except OSError as error:
             self._stop_hl7()
             self._close_hl7_store()
