@@ -162,8 +162,8 @@ def store_files(peer: Peer, files: Sequence[FileToStore]) -> list[StoreOutcome]:
         except TLSFileError as error:
             raise AssociationError(f"{peer.describe()} not contacted: {error}") from None
         tls_args = (tls_context, peer.tls.server_hostname)
-        # Without a limit a peer that accepts TCP but never answers the
-        # handshake would hold the sender forever.
+        # Without a limit a peer that accepts TCP but never responds to the
+        # handshake would block the sender forever.
         ae.connection_timeout = peer.acse_timeout_s
     # pynetdicom reports a refused connection as an abort, so whether the TCP
     # connection opened at all is tracked here.

@@ -10,8 +10,8 @@ names the destination's ``host``:
 * an IP address must equal an IP Address entry of the Subject Alternative
   Name. OpenSSL never matches an IP address against the Common Name.
 
-Before a context is built, each file is checked on its own: it must exist
-and be readable by the user the node runs as, a certificate must be PEM and
+Before a context is built, each file is checked on its own. It must exist
+and be readable by the user the node runs as. A certificate must be PEM and
 valid today, and a private key must be unencrypted and belong to its
 certificate. Each problem raises :class:`TLSFileError`, whose message names
 the setting and the file. :func:`tls_problems` collects them for
@@ -147,7 +147,7 @@ def _check_validity(setting: str, path: Path, certificate: dict[str, Any], now: 
         )
 
 
-# (setting, path, event) of the warnings logged so far; the client contexts are
+# (setting, path, event) of the warnings logged so far. Client contexts are
 # built for every association, so each warning is logged once per process.
 _warned: set[tuple[str, str, str]] = set()
 
@@ -163,7 +163,7 @@ def _warn_once(event: str, setting: str, path: Path, **details: Any) -> None:
 def _warn_if_expiring(setting: str, path: Path, now: float) -> None:
     try:
         certificate = _decode_certificate(path)
-    except ssl.SSLError:  # checked before; the file changed since
+    except ssl.SSLError:  # the file changed after it was checked
         return
     if certificate is None:
         return
@@ -184,7 +184,7 @@ def check_certificate_file(setting: str, path: Path, now: float | None = None) -
     Raises
     ------
     TLSFileError
-        The file is missing or unreadable, holds no PEM certificate, or its
+        The file is missing or unreadable, contains no PEM certificate, or its
         first certificate has expired or is not valid yet.
     """
     _read(setting, path)
@@ -192,7 +192,7 @@ def check_certificate_file(setting: str, path: Path, now: float | None = None) -
         certificate = _decode_certificate(path)
     except ssl.SSLError:
         raise TLSFileError(
-            setting, path, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            setting, path, "contains no PEM certificate (-----BEGIN CERTIFICATE-----)"
         ) from None
     if certificate is not None:
         _check_validity(setting, path, certificate, time.time() if now is None else now)
@@ -212,7 +212,7 @@ def load_ca_file(context: ssl.SSLContext, setting: str, path: Path, now: float) 
     Raises
     ------
     TLSFileError
-        The file is missing or unreadable, holds no certificate, or every CA
+        The file is missing or unreadable, contains no certificate, or every CA
         certificate in it has expired. A file in which only some have expired
         is accepted with a ``tls_ca_certificate_expired`` warning per certificate.
     """
@@ -221,7 +221,7 @@ def load_ca_file(context: ssl.SSLContext, setting: str, path: Path, now: float) 
         context.load_verify_locations(cafile=str(path))
     except ssl.SSLError:
         raise TLSFileError(
-            setting, path, "holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            setting, path, "contains no PEM certificate (-----BEGIN CERTIFICATE-----)"
         ) from None
     authorities = context.get_ca_certs()
     expired = [ca for ca in authorities if ssl.cert_time_to_seconds(ca["notAfter"]) < now]
@@ -270,7 +270,7 @@ def load_certificate_chain(
                 f"{cert_path}; install the key made with that certificate",
             ) from None
         raise TLSFileError(
-            key_setting, key_path, "holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
+            key_setting, key_path, "contains no PEM private key (-----BEGIN PRIVATE KEY-----)"
         ) from None
     except OSError as error:  # the file changed since it was checked
         raise TLSFileError(key_setting, key_path, f"cannot be read: {error.strerror}") from None

@@ -99,7 +99,7 @@ def test_check_config_reports_empty_tls_ca_file(tmp_path: Path, capsys) -> None:
 
     assert status == 2
     assert (
-        f"destinations[0].tls_ca_file: {tmp_path / 'ca.pem'}: holds no PEM certificate"
+        f"destinations[0].tls_ca_file: {tmp_path / 'ca.pem'}: contains no PEM certificate"
         in capsys.readouterr().err
     )
 

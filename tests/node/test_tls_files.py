@@ -86,9 +86,9 @@ def broken_file(tmp_path: Path, pki: TestPKI, kind: str) -> Path:
         ("key_file", "missing", "not found; check the path"),
         ("ca_file", "missing", "not found; check the path"),
         ("key_file", "folder", "is a folder; name the PEM file"),
-        ("cert_file", "junk", "holds no PEM certificate"),
-        ("key_file", "junk", "holds no PEM private key"),
-        ("ca_file", "empty", "holds no PEM certificate"),
+        ("cert_file", "junk", "contains no PEM certificate"),
+        ("key_file", "junk", "contains no PEM private key"),
+        ("ca_file", "empty", "contains no PEM certificate"),
         ("key_file", "encrypted-key", "the private key is encrypted with a password"),
     ],
     ids=[

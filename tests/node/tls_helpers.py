@@ -1,11 +1,11 @@
-"""Certificates for the DICOM TLS tests, made with the ``openssl`` command line.
+"""Certificates for the DICOM TLS tests, made with the ``openssl`` command line, and an outbox.
 
-:func:`make_pki` writes two independent CAs into a folder and, signed by
-them, the certificates the tests present: a server certificate for
-127.0.0.1 (IP Subject Alternative Name only), a client certificate, an
-expired client certificate, and a client and a server certificate from the
-other CA. Keys are unencrypted RSA 2048 PEM files, as DCMTK and the node
-read them.
+:func:`make_pki` writes two independent CAs into a folder and the
+certificates the tests present. The first CA signs a server certificate for
+127.0.0.1 (IP Subject Alternative Name only), a client certificate and an
+expired client certificate. The other CA signs a client certificate. Keys
+are unencrypted RSA 2048 PEM files, as DCMTK and the node read them.
+:func:`queue_results` puts small results into an outbox.
 """
 
 from __future__ import annotations
@@ -17,8 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ingest_helpers import ct_dataset, instance_record
+
+from hipfuse.node.jobstore import JobStore
+from hipfuse.node.outbox import OutboxFolder
+from hipfuse.node.states import StudyState
 
 OPENSSL = shutil.which("openssl")
+# Study of the results that queue_results puts in the outbox.
+STUDY = "1.2.3"
 
 _EXTENSIONS = """
 [ca]
@@ -64,7 +71,6 @@ class TestPKI:
     expired_client: Credential
     other_ca: Path
     other_client: Credential
-    other_server: Credential
 
 
 def _openssl(*args: str | Path) -> None:
@@ -126,7 +132,22 @@ def make_pki(folder: Path) -> TestPKI:
         ),
         other_ca=other_ca.cert,
         other_client=_make_leaf(folder, "other-client", "STORESCU", other_ca, "client", extensions),
-        other_server=_make_leaf(
-            folder, "other-server", "hipfuse-node", other_ca, "server", extensions
-        ),
     )
+
+
+def queue_results(store: JobStore, folder: Path, count: int) -> list[Path]:
+    """Put STUDY through analysis with ``count`` small CT results queued for "pacs"."""
+    fingerprint = "f" * 64
+    store.record_instance(instance_record("1.2.3.1.1", study=STUDY))
+    # JobStore.finish_assembly sets the input fingerprint; the assembler is skipped here.
+    store._db.execute(
+        "UPDATE studies SET input_fingerprint = ? WHERE study_instance_uid = ?",
+        (fingerprint, STUDY),
+    )
+    store.transition(STUDY, StudyState.COMPLETE)
+    store.transition(STUDY, StudyState.ANALYSING)
+    written = OutboxFolder(folder).write(
+        STUDY, [ct_dataset(STUDY, "1.2.3.9", index) for index in range(count)]
+    )
+    store.record_results(STUDY, fingerprint=fingerprint, objects=written, destinations=["pacs"])
+    return [item.path for item in written]
