@@ -26,12 +26,8 @@ from hipfuse.config.settings import Destination, load_settings
 from hipfuse.config.tls import NodeTLSSettings, TLSVersion
 from hipfuse.node.cli import main
 from hipfuse.node.service import NodeService, ServiceError, runtime_problems
-from hipfuse.node.tls import (
-    ClientTLS,
-    TLSFileError,
-    build_server_context,
-    load_ca_file,
-)
+from hipfuse.node.tls import ClientTLS, TLSFileError, build_server_context
+from hipfuse.node.tls_files import load_ca_file
 
 DAY_S = 86_400.0
 
@@ -197,6 +193,7 @@ def test_client_context_verifies_host(pki: TestPKI) -> None:
 
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert context.check_hostname is True
+    assert context.hostname_checks_common_name is False
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
 
 
