@@ -4,8 +4,9 @@ The shipped ``default.toml`` beside this module documents every key with its
 unit and default. ``load_settings`` reads a file (the shipped defaults when no
 path is given), applies environment variables on top and reports every invalid
 key at once in one :class:`SettingsError`. The ``[hl7]`` and ``[fhir]``
-sections are defined in :mod:`hipfuse.config.clinical_text`, and the field
-types shared by all sections in :mod:`hipfuse.config.fields`.
+sections are defined in :mod:`hipfuse.config.clinical_text`, ``[node.tls]`` in
+:mod:`hipfuse.config.tls`, and the field types shared by all sections in
+:mod:`hipfuse.config.fields`.
 
 Environment variables use the prefix ``HIPFUSE_`` and ``__`` between levels:
 ``HIPFUSE_NODE__PORT=11113`` sets ``[node] port``. Lists of tables take JSON:
@@ -43,6 +44,7 @@ from hipfuse.config.fields import (
     Section,
     SettingsKeyError,
 )
+from hipfuse.config.tls import NodeTLSSettings, TLSVersion
 
 ENV_PREFIX = "HIPFUSE_"
 ENV_NESTED_DELIMITER = "__"
@@ -125,6 +127,7 @@ class NodeSettings(Section):
     max_study_bytes: PositiveBytes = 4 * 1024**3
     require_called_ae_title: bool = False
     allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    tls: NodeTLSSettings = Field(default_factory=NodeTLSSettings)
 
     @model_validator(mode="after")
     def _check_callers(self) -> NodeSettings:
@@ -158,6 +161,7 @@ class Destination(Section):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    tls_min_version: TLSVersion = TLSVersion.TLS_1_2
 
     @model_validator(mode="after")
     def _check_tls_files(self) -> Destination:

@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config",
         help="validate a settings file and list every problem",
         description=(
-            "Validate a settings file with the HIPFUSE_* environment applied. Prints "
-            "each invalid key with its dotted path and the reason; exit status 2 when "
-            "any is invalid."
+            "Validate a settings file with the HIPFUSE_* environment applied, and check "
+            "that the DICOM TLS certificate, key and CA files exist, can be read by this "
+            "user, match and are valid today. Prints each problem with its dotted key "
+            "path and the reason; exit status 2 when there is any."
         ),
     )
     check.add_argument("config", type=Path, help="settings file (TOML)")
@@ -142,7 +143,7 @@ def check_config(config: Path) -> int:
     if settings is not None:
         problems = runtime_problems(settings)
         if problems:
-            lines = [f"settings in {config} that this version cannot run:"] + [
+            lines = [f"settings in {config} that cannot be used on this host:"] + [
                 f"  {path}: {reason}" for path, reason in problems
             ]
     if lines:
@@ -151,7 +152,8 @@ def check_config(config: Path) -> int:
     node, hl7 = settings.node, settings.hl7
     hl7_state = f"on {hl7.bind_address}:{hl7.port}" if hl7.enabled else "off"
     print(
-        f"{config}: valid; node {node.ae_title} on {node.bind_address}:{node.port}, "
+        f"{config}: valid; node {node.ae_title} on {node.bind_address}:{node.port}"
+        f"{' with DICOM TLS' if node.tls.enabled else ''}, "
         f"{len(node.allowed_callers)} allowed caller(s), "
         f"{len(settings.destinations)} destination(s), data_dir {settings.storage.data_dir}, "
         f"HL7 {hl7_state}, FHIR {'on' if settings.fhir.enabled else 'off'}"

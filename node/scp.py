@@ -66,6 +66,7 @@ from hipfuse.node.spool import (
     encode_file_meta,
     validate_uid,
 )
+from hipfuse.node.tls_server import start_tls_server
 
 if TYPE_CHECKING:
     from hipfuse.node.metrics import NodeMetrics
@@ -231,7 +232,13 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
         ]
-        server = ae.start_server((node.bind_address, node.port), block=False, evt_handlers=handlers)
+        address = (node.bind_address, node.port)
+        if node.tls.enabled:
+            server = start_tls_server(
+                ae, address, handlers, node.tls, handshake_timeout_s=node.acse_timeout_s
+            )
+        else:
+            server = ae.start_server(address, block=False, evt_handlers=handlers)
         assert server is not None
         scp = ScpServer(ae, server)
         log.info(
@@ -240,6 +247,7 @@ class StorageSCP:
             bind_address=node.bind_address,
             port=scp.port,
             max_pdu_bytes=node.max_pdu_bytes,
+            tls=node.tls.enabled,
             allowed_callers=[caller.ae_title for caller in node.allowed_callers],
         )
         return scp

@@ -5,7 +5,9 @@ checks each destination with :func:`echo`, and ``python -m
 hipfuse.node.scu`` sends files from the command line where DCMTK's storescu
 is not installed. Each file is sent as stored: one presentation context is
 proposed per pair of SOP Class and transfer syntax found in the files, so
-nothing is transcoded.
+nothing is transcoded. A peer with :class:`~hipfuse.node.tls.ClientTLS`
+settings is reached over DICOM TLS, with a client context built for each
+association.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from hipfuse.config.tls import TLSVersion
+from hipfuse.node.tls import ClientTLS, TLSFileError, describe_tls_error
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +72,7 @@ class Peer:
     dimse_timeout_s: float = 60.0
     network_timeout_s: float = 60.0
     max_pdu_bytes: int = 0
+    tls: ClientTLS | None = None
 
     def describe(self) -> str:
         """Return ``AE@host:port`` for messages."""
@@ -149,6 +155,18 @@ def open_association(
     ae.network_timeout = peer.network_timeout_s
     ae.maximum_pdu_size = peer.max_pdu_bytes
     ae.connection_timeout = connection_timeout_s
+    tls_context = None
+    tls_args = None
+    if peer.tls is not None:
+        try:
+            tls_context = peer.tls.build_context()
+        except TLSFileError as error:
+            raise AssociationError(f"{peer.describe()} not contacted: {error}") from None
+        tls_args = (tls_context, peer.tls.server_hostname)
+        # Without a limit a peer that accepts TCP but never responds to the
+        # handshake would block the sender forever.
+        if ae.connection_timeout is None:
+            ae.connection_timeout = peer.acse_timeout_s
     # pynetdicom reports a refused connection as an abort, so whether the TCP
     # connection opened at all is tracked here.
     connected = threading.Event()
@@ -163,9 +181,21 @@ def open_association(
         contexts=contexts,
         ae_title=peer.called_ae_title,
         evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
+        tls_args=tls_args,
     )
     if not association.is_established:
-        if not connected.is_set():
+        handshake_error = tls_context.handshake_error if tls_context is not None else None
+        if handshake_error is not None:
+            tls_reason = describe_tls_error(handshake_error)
+            log.warning(
+                "tls_handshake_failed",
+                peer_address=peer.host,
+                peer_port=peer.port,
+                called_ae_title=peer.called_ae_title,
+                reason=tls_reason,
+            )
+            reason = f"TLS handshake failed: {tls_reason}"
+        elif not connected.is_set():
             reason = "could not be reached (connection refused or timed out)"
         elif association.is_rejected:
             reason = "rejected the association request"
@@ -193,8 +223,9 @@ def store_files(peer: Peer, files: Sequence[FileToStore]) -> list[StoreOutcome]:
     Raises
     ------
     AssociationError
-        The connection failed, timed out, or the peer rejected or aborted
-        the association request.
+        The connection failed, timed out, the TLS handshake failed, a TLS
+        file cannot be used, or the peer rejected or aborted the association
+        request.
     ValueError
         The files need more than 128 presentation contexts.
     """
@@ -284,13 +315,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("files", nargs="+", type=Path, help="DICOM files to send")
     parser.add_argument("--aet", default="HIPFUSESCU", help="calling AE title (default HIPFUSESCU)")
     parser.add_argument("--aec", default="ANY-SCP", help="called AE title (default ANY-SCP)")
+    tls = parser.add_argument_group("DICOM TLS (off unless --tls-ca-file is given)")
+    tls.add_argument(
+        "--tls-ca-file",
+        type=Path,
+        help="PEM file of CA certificates that verify the peer; turns TLS on",
+    )
+    tls.add_argument("--tls-cert-file", type=Path, help="PEM client certificate (default none)")
+    tls.add_argument("--tls-key-file", type=Path, help="PEM private key of --tls-cert-file")
+    tls.add_argument(
+        "--tls-min-version",
+        choices=[version.value for version in TLSVersion],
+        default=TLSVersion.TLS_1_2.value,
+        help="lowest TLS version offered (default 1.2)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Send the files; exit status 1 when any was not stored, 2 when no association opened."""
-    args = build_parser().parse_args(argv)
-    peer = Peer(args.aec, args.host, args.port, args.aet)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.tls_cert_file is None) != (args.tls_key_file is None):
+        parser.error("give both --tls-cert-file and --tls-key-file, or neither")
+    if args.tls_cert_file is not None and args.tls_ca_file is None:
+        parser.error("--tls-cert-file needs --tls-ca-file, which turns TLS on")
+    tls = None
+    if args.tls_ca_file is not None:
+        tls = ClientTLS(
+            ca_file=args.tls_ca_file,
+            cert_file=args.tls_cert_file,
+            key_file=args.tls_key_file,
+            min_version=TLSVersion(args.tls_min_version),
+            server_hostname=args.host,
+            prefix="",
+        )
+    peer = Peer(args.aec, args.host, args.port, args.aet, tls=tls)
     try:
         outcomes = store_files(peer, [FileToStore.from_path(path) for path in args.files])
     except AssociationError as error:

@@ -13,6 +13,10 @@ records each outcome once in the job store:
 
 A study moves to ``done`` when all its items are stored, or to ``failed``
 (``send_failed``) when none is left to try and one failed.
+
+A destination with ``tls = true`` is reached over DICOM TLS. A failed TLS
+handshake, or a TLS file that cannot be used, fails the round like an
+unreachable peer and is retried with the same back-off.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from hipfuse.config.settings import Destination, NodeSettings, SendSettings
 from hipfuse.node.jobstore import JobStore, OutboxItem
 from hipfuse.node.metrics import NodeMetrics
 from hipfuse.node.scu import AssociationError, FileToStore, Peer, StoreOutcome, store_files
+from hipfuse.node.tls import ClientTLS
 from hipfuse.node.wakeup import Wakeup
 
 log = structlog.get_logger(__name__)
@@ -48,7 +53,7 @@ def retry_delay_s(attempts: int, settings: SendSettings) -> float:
 
 
 def peer_for(destination: Destination, node: NodeSettings) -> Peer:
-    """Return the peer of a destination, with the node's AE title and timeouts."""
+    """Return the peer of a destination, with the node's AE title, timeouts and TLS settings."""
     return Peer(
         called_ae_title=destination.ae_title,
         host=destination.host,
@@ -58,6 +63,7 @@ def peer_for(destination: Destination, node: NodeSettings) -> Peer:
         dimse_timeout_s=node.dimse_timeout_s,
         network_timeout_s=node.network_timeout_s,
         max_pdu_bytes=node.max_pdu_bytes,
+        tls=ClientTLS.from_destination(destination) if destination.tls else None,
     )
 
 
@@ -92,8 +98,6 @@ class DestinationSender:
         wake: Wakeup | None = None,
         metrics: NodeMetrics | None = None,
     ) -> None:
-        # NOTE: DICOM TLS is not implemented; the service refuses to start
-        # with tls = true rather than send in the clear.
         self.destination = destination
         self.jobstore = jobstore
         self.settings = send_settings

@@ -51,18 +51,14 @@ class ServiceError(RuntimeError):
 
 
 def runtime_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Return settings that are valid but that this version cannot run, as (path, reason)."""
-    problems = []
-    for index, destination in enumerate(settings.destinations):
-        if destination.tls:
-            problems.append(
-                (
-                    f"destinations[{index}].tls",
-                    "DICOM TLS is not implemented yet; set tls = false and protect the "
-                    "link otherwise (VPN or a TLS tunnel)",
-                )
-            )
-    return problems
+    """Return settings that are valid but that this host cannot run, as (path, reason).
+
+    These are the TLS certificate, key and CA files: missing, unreadable,
+    not matching or expired.
+    """
+    from hipfuse.node.tls import tls_problems
+
+    return tls_problems(settings)
 
 
 def resolve_bundle_dir(settings: Settings, override: Path | None = None) -> Path:
@@ -163,6 +159,7 @@ class NodeService:
         from hipfuse.node.sender import DestinationSender
         from hipfuse.node.spool import Spool
         from hipfuse.node.spool_recovery import record_unrecorded_instances
+        from hipfuse.node.tls import TLSFileError
         from hipfuse.node.worker import AnalysisWorker
 
         settings = self.settings
@@ -254,12 +251,11 @@ class NodeService:
                 on_stored=assemble_wake.notify,
                 metrics=metrics,
             )
+        except TLSFileError as error:
+            self._abandon_start(jobstore)
+            raise ServiceError(f"cannot start DICOM TLS: {error}") from error
         except OSError as error:
-            self._stop_hl7()
-            self._close_hl7_store()
-            self._scp_store.close()
-            self._scp_store = None
-            jobstore.close()
+            self._abandon_start(jobstore)
             node = settings.node
             raise ServiceError(
                 f"cannot listen on {node.bind_address}:{node.port}: {error.strerror}; "
@@ -319,6 +315,15 @@ class NodeService:
                 f"{error.strerror or error}; choose a free [http] port or another "
                 "bind_address, or set [http] enabled = false"
             ) from error
+
+    def _abandon_start(self, jobstore: JobStore) -> None:
+        """Undo a start that failed once the HL7 intake and both store connections were open."""
+        self._stop_hl7()
+        self._close_hl7_store()
+        if self._scp_store is not None:
+            self._scp_store.close()
+            self._scp_store = None
+        jobstore.close()
 
     def _start_hl7(self, data_dir: Path) -> None:
         """Open the HL7 store and start the MLLP listener when ``[hl7] enabled``."""

@@ -67,17 +67,32 @@ def _is_table_list(field: FieldInfo) -> bool:
     return is_list and isinstance(item, type) and issubclass(item, BaseModel)
 
 
+def _is_table(field: FieldInfo) -> bool:
+    model = field.annotation
+    return isinstance(model, type) and issubclass(model, BaseModel)
+
+
+def _model_keys(model: type[BaseModel], prefix: str, optional: bool) -> set[str]:
+    keys = set()
+    for name, sub in model.model_fields.items():
+        if _is_table(sub):
+            keys |= _model_keys(sub.annotation, f"{prefix}{sub.alias or name}.", optional)
+            continue
+        is_optional = sub.default is None or _is_table_list(sub)
+        if is_optional is optional:
+            keys.add(f"{prefix}{sub.alias or name}")
+    return keys
+
+
 def _section_keys(optional: bool) -> set[str]:
-    """Dotted keys of the sections: optional ones (default None, lists of tables) or the rest."""
+    """Dotted keys of the sections and their sub-tables: optional ones or the rest.
+
+    Optional keys have the default None or are lists of tables.
+    """
     keys = set()
     for section, field in Settings.model_fields.items():
-        model = field.annotation
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            continue
-        for name, sub in model.model_fields.items():
-            is_optional = sub.default is None or _is_table_list(sub)
-            if is_optional is optional:
-                keys.add(f"{section}.{sub.alias or name}")
+        if _is_table(field):
+            keys |= _model_keys(field.annotation, f"{section}.", optional)
     return keys
 
 
@@ -90,7 +105,7 @@ def test_shipped_file_sets_every_scalar_key() -> None:
 def test_shipped_file_shows_every_optional_key() -> None:
     text = default_settings_text()
     for key in sorted(_section_keys(optional=True)):
-        section, name = key.split(".")
+        section, name = key.rsplit(".", 1)
         shown = re.search(rf"^# {name} = ", text, flags=re.MULTILINE) or re.search(
             rf"^# \[\[{section}\.{name}\]\]", text, flags=re.MULTILINE
         )

@@ -87,7 +87,7 @@ def test_check_config_lists_every_problem(tmp_path: Path, capsys) -> None:
     assert "unknown key" in errors
 
 
-def test_check_config_refuses_tls(tmp_path: Path, capsys) -> None:
+def test_check_config_reports_empty_tls_ca_file(tmp_path: Path, capsys) -> None:
     (tmp_path / "ca.pem").write_text("")
     config, _ = node_settings(tmp_path)
     text = config.read_text().replace(
@@ -98,7 +98,10 @@ def test_check_config_refuses_tls(tmp_path: Path, capsys) -> None:
     status = main(["check-config", str(config)])
 
     assert status == 2
-    assert "destinations[0].tls: DICOM TLS is not implemented yet" in capsys.readouterr().err
+    assert (
+        f"destinations[0].tls_ca_file: {tmp_path / 'ca.pem'}: contains no PEM certificate"
+        in capsys.readouterr().err
+    )
 
 
 def test_check_config_missing_file(tmp_path: Path, capsys) -> None:

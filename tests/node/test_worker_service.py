@@ -136,7 +136,7 @@ def test_start_refuses_missing_bundle(tmp_path: Path) -> None:
         NodeService(settings, bundle_dir=tmp_path / "absent").start()
 
 
-def test_start_refuses_tls_destination(tmp_path: Path) -> None:
+def test_start_refuses_empty_tls_ca_file(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_text("")
     config, _ = node_settings(tmp_path, port=free_port())
     config.write_text(
@@ -145,7 +145,7 @@ def test_start_refuses_tls_destination(tmp_path: Path) -> None:
         )
     )
 
-    with pytest.raises(ServiceError, match=r"destinations\[0\]\.tls"):
+    with pytest.raises(ServiceError, match=r"destinations\[0\]\.tls_ca_file: .*no PEM certificate"):
         NodeService(load_settings(config), bundle_dir=untrained_bundle_dir()).start()
 
 
