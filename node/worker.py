@@ -38,6 +38,7 @@ import structlog
 
 from hipfuse.node.assembly import classify_study
 from hipfuse.node.encode import DeviceIdentity, build_secondary_captures, build_sr
+from hipfuse.node.exception_text import exception_log_fields, exception_message
 from hipfuse.node.jobstore import (
     JobStore,
     ResultObject,
@@ -317,9 +318,9 @@ class AnalysisWorker:
         except InputError as error:
             raise AnalysisFailedError(error.code, str(error)) from error
         except Exception as error:  # a reader bug: fail this study, keep the node up
-            log.exception("analysis_error", study_instance_uid=uid)
+            log.error("analysis_error", study_instance_uid=uid, **exception_log_fields(error))
             raise AnalysisFailedError(
-                FailureCode.ANALYSIS_ERROR.value, f"{type(error).__name__}: {error}"
+                FailureCode.ANALYSIS_ERROR.value, exception_message(error)
             ) from error
 
     def _gather_text(
@@ -372,9 +373,9 @@ class AnalysisWorker:
         except InputError as error:
             raise AnalysisFailedError(error.code, str(error)) from error
         except Exception as error:  # a model or reader bug: fail this study, keep the node up
-            log.exception("analysis_error", study_instance_uid=uid)
+            log.error("analysis_error", study_instance_uid=uid, **exception_log_fields(error))
             raise AnalysisFailedError(
-                FailureCode.ANALYSIS_ERROR.value, f"{type(error).__name__}: {error}"
+                FailureCode.ANALYSIS_ERROR.value, exception_message(error)
             ) from error
         timings = {
             "decode_s": inputs.decode_s,
@@ -429,9 +430,9 @@ class AnalysisWorker:
                 warnings.simplefilter("always")
                 datasets = build(*args)
         except Exception as error:  # highdicom and the encoders raise ValueError and others
-            log.exception("encoding_error", study_instance_uid=uid)
+            log.error("encoding_error", study_instance_uid=uid, **exception_log_fields(error))
             raise AnalysisFailedError(
-                FailureCode.ENCODING_ERROR.value, f"{type(error).__name__}: {error}"
+                FailureCode.ENCODING_ERROR.value, exception_message(error)
             ) from error
         # One line per distinct source, with a count: highdicom repeats the same
         # warning for every object of a study.

@@ -276,7 +276,10 @@ class HL7FolderWatcher:
                 control_id = result.control_id or "(none)"
                 lines.append(f"message {number}, control ID {control_id}: {outcome}{detail}")
             reason_path = target.with_name(target.name + ".reason.txt")
-            reason_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            # Owner-only (0600) whatever the umask, like the folders created in start().
+            fd = os.open(reason_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
             reason = reason or f"{len(rejected)} of {len(results)} messages rejected"
         emit = log.warning if failed else log.info
         emit(
