@@ -415,9 +415,9 @@ class AnalysisWorker:
                 for instance in selected.instances
             ]
         except Exception as error:  # a spooled file changed or vanished since it was read
-            log.exception("encoding_error", study_instance_uid=uid)
+            log.error("encoding_error", study_instance_uid=uid, **exception_log_fields(error))
             raise AnalysisFailedError(
-                FailureCode.ENCODING_ERROR.value, f"{type(error).__name__}: {error}"
+                FailureCode.ENCODING_ERROR.value, exception_message(error)
             ) from error
 
     def _encoded(self, uid: str, build: Callable[..., list[Dataset]], *args: Any) -> list[Dataset]:
