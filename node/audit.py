@@ -1,7 +1,7 @@
 """Audit trail of the node: event types, records, UTC times and export as CSV or JSON Lines.
 
 The job store keeps the trail in its ``audit_events`` table
-(:mod:`hipfuse.node.jobstore_audit`). Each row says what happened, when (UTC),
+(:mod:`hipfuse.node.jobstore_audit`). Each row records what happened, when (UTC),
 between which AE titles and addresses, to which Study, Series and SOP
 Instances, for which destination and job. It never holds a patient attribute:
 no name, patient ID or birth date reaches it.
@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 
 class AuditEventType(StrEnum):
-    """What an audit row records."""
+    """Kind of action that an audit row records."""
 
     ASSOCIATION_ACCEPTED = "association_accepted"
     ASSOCIATION_REJECTED = "association_rejected"
@@ -175,11 +175,14 @@ _REJECT_REASONS = {
 def association_details(association: Any) -> dict[str, str]:
     """Return the calling and called AE titles and peer address of a pynetdicom association."""
     requestor = association.requestor
+    # The A-ASSOCIATE-RQ primitive contains both titles from EVT_REQUESTED on,
+    # but requestor.ae_title is only filled in once the association is accepted.
     primitive = getattr(requestor, "primitive", None)
-    called = getattr(primitive, "called_ae_title", None) if primitive is not None else None
+    calling = getattr(primitive, "calling_ae_title", None) or requestor.ae_title
+    called = getattr(primitive, "called_ae_title", None) or association.acceptor.ae_title
     return {
-        "calling_ae_title": str(requestor.ae_title).strip(),
-        "called_ae_title": str(called or association.acceptor.ae_title).strip(),
+        "calling_ae_title": str(calling).strip(),
+        "called_ae_title": str(called).strip(),
         "peer_address": str(requestor.address),
     }
 

@@ -10,6 +10,7 @@ is never touched.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Sequence
@@ -38,16 +39,17 @@ class NoResultsError(JobStoreError):
 
 @dataclass(frozen=True)
 class RequeuedSend:
-    """One result object put back in the queue for one destination.
+    """One result object put back in the queue for one destination, as a new send job.
 
-    ``previous_state`` is ``None`` when the object had never been queued for
-    that destination (a destination added to the settings since).
+    ``previous_job_id`` and ``previous_state`` are ``None`` when the object
+    had never been queued for that destination (one added to the settings since).
     """
 
     study_instance_uid: str
     sop_instance_uid: str
     destination: str
     job_id: int
+    previous_job_id: int | None
     previous_state: JobState | None
     previous_attempts: int
     previous_error: str | None
@@ -55,11 +57,11 @@ class RequeuedSend:
 
 @dataclass(frozen=True)
 class ResendOutcome:
-    """What :meth:`AdminMixin.requeue_results` queued and what it left alone."""
+    """Items that :meth:`AdminMixin.requeue_results` queued, and those it left alone."""
 
     study_instance_uid: str
     requeued: tuple[RequeuedSend, ...]
-    # (SOP Instance UID, destination) pairs a sender holds right now.
+    # (SOP Instance UID, destination) pairs that a sender is sending right now.
     in_progress: tuple[tuple[str, str], ...]
     study_state: StudyState
 
@@ -74,7 +76,7 @@ class RequeuedAnalysis:
 
 @dataclass(frozen=True)
 class RetryOutcome:
-    """What :meth:`AdminMixin.requeue_failed` put back in the queue."""
+    """Sends and analyses that :meth:`AdminMixin.requeue_failed` put back in the queue."""
 
     sends: tuple[RequeuedSend, ...]
     analyses: tuple[RequeuedAnalysis, ...]
@@ -190,7 +192,14 @@ class AdminMixin:
                         )
                         requeued.append(
                             RequeuedSend(
-                                study_uid, obj.sop_instance_uid, destination, job_id, None, 0, None
+                                study_uid,
+                                obj.sop_instance_uid,
+                                destination,
+                                job_id,
+                                None,
+                                None,
+                                0,
+                                None,
                             )
                         )
                     elif row[5] == JobState.RUNNING.value:
@@ -328,20 +337,45 @@ class AdminMixin:
     def _reset_send(
         self, db: sqlite3.Connection, row: tuple[Any, ...], at: float, why: str
     ) -> RequeuedSend:
-        sop, _, _, destination, job_id, state, attempts, error, study_uid = row
-        db.execute(
-            "UPDATE jobs SET state = ?, attempts = 0, next_attempt_at = ?, last_error = NULL, "
-            "updated_at = ? WHERE job_id = ?",
-            (JobState.PENDING.value, at, at, job_id),
+        """Point the outbox item at a new ``pending`` send job, due now, with no attempts.
+
+        The previous job keeps its state and its ``job_attempts`` rows, so the
+        history of earlier attempts stays whole.
+        """
+        sop, _, _, destination, previous_job_id, state, attempts, error, study_uid = row
+        details = {"sop_instance_uid": sop, "previous_job_id": previous_job_id, "requested": why}
+        cursor = db.execute(
+            "INSERT INTO jobs (study_instance_uid, kind, target, state, next_attempt_at, "
+            "created_at, updated_at, details_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                study_uid,
+                JobKind.SEND.value,
+                destination,
+                JobState.PENDING.value,
+                at,
+                at,
+                at,
+                json.dumps(details, sort_keys=True),
+            ),
         )
+        job_id = int(cursor.lastrowid or 0)
+        db.execute("UPDATE outbox SET job_id = ? WHERE job_id = ?", (job_id, previous_job_id))
         self._event(
             db,
             at,
             "job_requeued",
             study_uid,
-            {"job_id": job_id, "requested": why, "previous_state": state, "attempts": attempts},
+            {
+                "job_id": job_id,
+                "previous_state": state,
+                "previous_attempts": attempts,
+                "destination": destination,
+                **details,
+            },
         )
-        return RequeuedSend(study_uid, sop, destination, job_id, JobState(state), attempts, error)
+        return RequeuedSend(
+            study_uid, sop, destination, job_id, previous_job_id, JobState(state), attempts, error
+        )
 
     def _resume_sending(
         self,

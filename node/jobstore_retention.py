@@ -7,10 +7,10 @@ analysed while no destination was configured has results that were never
 sent, and keeps them. Failed studies are kept.
 
 Deleting runs in three steps. :meth:`RetentionMixin.begin_purge` marks the
-study ``purging``, which makes the job store refuse new instances of it (a
-trigger on ``instances``; the SCP answers A700 and the sender tries again
-later). The caller then deletes the files, and :meth:`RetentionMixin.finish_purge`
-marks the study ``purged`` and writes the ``data_deleted`` audit row. The
+study ``purging``, and a trigger on ``instances`` then rejects new instances
+of it: the SCP returns A700, and the sender tries again later. The caller
+then deletes the files, and :meth:`RetentionMixin.finish_purge` marks the
+study ``purged`` and writes the ``data_deleted`` audit row. The
 studies, series, instances and outbox rows stay, so a study that PACS sends
 again with the same inputs is recognised by its fingerprint and skipped as
 ``already_analysed``.

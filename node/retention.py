@@ -2,11 +2,12 @@
 
 :class:`Housekeeper` runs a pass every ``[storage] housekeeping_interval_s``
 in its own thread of the node. Each pass first finishes deletions that a
-stopped process left half done, then deletes the spool folder
+stopped process left half done. It then deletes the spool folder
 (``data_dir/spool/<study>``) and the outbox folder (``data_dir/outbox/<study>``)
-of every study that qualifies (see :mod:`hipfuse.node.jobstore_retention`):
-``done`` with all results sent, or ``skipped``, for longer than
-``[storage] retention_days``, with no result pending, running or failed.
+of every study that qualifies (see :mod:`hipfuse.node.jobstore_retention`).
+A study qualifies when it has been ``done`` with all results sent, or
+``skipped``, for longer than ``[storage] retention_days``, and no result of
+it is pending, running or failed.
 The job store keeps the study's rows and marks it purged, and the audit
 trail gets one ``data_deleted`` row per study.
 """
@@ -85,7 +86,7 @@ def delete_tree(folder: Path) -> tuple[int, int]:
 
 
 class Housekeeper:
-    """Deletes the files of studies past retention; call :meth:`run_once` periodically.
+    """Periodic deletion of the files of studies past retention; see :meth:`run_once`.
 
     Parameters
     ----------
