@@ -339,10 +339,27 @@ class AdminMixin:
     ) -> RequeuedSend:
         """Point the outbox item at a new ``pending`` send job, due now, with no attempts.
 
-        The previous job keeps its state and its ``job_attempts`` rows, so the
-        history of earlier attempts stays whole.
+        The previous job keeps its ``job_attempts`` rows, so the history of
+        earlier attempts stays whole. A previous job still ``pending`` is
+        closed as ``failed`` with the new job's id as its error; one that was
+        never tried is only made due now.
         """
         sop, _, _, destination, previous_job_id, state, attempts, error, study_uid = row
+        if state == JobState.PENDING.value and attempts == 0:
+            db.execute(
+                "UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE job_id = ?",
+                (at, at, previous_job_id),
+            )
+            return RequeuedSend(
+                study_uid,
+                sop,
+                destination,
+                previous_job_id,
+                previous_job_id,
+                JobState.PENDING,
+                0,
+                error,
+            )
         details = {"sop_instance_uid": sop, "previous_job_id": previous_job_id, "requested": why}
         cursor = db.execute(
             "INSERT INTO jobs (study_instance_uid, kind, target, state, next_attempt_at, "
@@ -360,6 +377,11 @@ class AdminMixin:
         )
         job_id = int(cursor.lastrowid or 0)
         db.execute("UPDATE outbox SET job_id = ? WHERE job_id = ?", (job_id, previous_job_id))
+        if state == JobState.PENDING.value:
+            db.execute(
+                "UPDATE jobs SET state = ?, last_error = ?, updated_at = ? WHERE job_id = ?",
+                (JobState.FAILED.value, f"replaced by job {job_id} ({why})", at, previous_job_id),
+            )
         self._event(
             db,
             at,

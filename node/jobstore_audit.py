@@ -158,6 +158,8 @@ def _send_job(
     ).fetchone()
     if row is None:  # not a send job (an analysis)
         return []
+    # NOTE: the job store does not store the destination's AE title, so result
+    # rows name the [[destinations]] entry and leave the AE titles empty.
     detail: dict[str, Any] = {"attempt": details.get("attempt")}
     if not ok:
         detail["error"] = details.get("error")

@@ -139,6 +139,10 @@ class RetentionMixin:
             )
         return True
 
+    # NOTE: the instances rows of a purged study still name their deleted
+    # files. If PACS later sends only part of the study plus a new series, the
+    # inputs change, and the analysis fails on the missing files until PACS
+    # sends the whole study again.
     def finish_purge(
         self,
         study_uid: str,

@@ -197,3 +197,25 @@ def test_resend_without_job_store(tmp_path: Path, capsys) -> None:
 
     assert main(["resend", STUDY, "--config", str(config)]) == 1
     assert "no job store at" in capsys.readouterr().err
+
+
+def test_resend_replaces_waiting_retry(tmp_path: Path, capsys) -> None:
+    clock = FakeClock(time.time())
+    config, settings = node_settings(tmp_path)
+    with JobStore.in_data_dir(settings.storage.data_dir, clock=clock) as store:
+        analysed_study(store, settings.storage.data_dir, count=1)
+        [claimed] = store.claim_due_sends("pacs")
+        retry_at = clock() + 3600.0
+        store.finish_job(claimed.job_id, succeeded=False, error="timed out", retry_at=retry_at)
+
+        assert main(["resend", STUDY, "--config", str(config)]) == 0
+
+        [item] = store.list_outbox()
+        jobs = {job.job_id: job for job in store.list_jobs(STUDY)}
+    assert "(was pending after 1 attempt(s): timed out)" in capsys.readouterr().out
+    assert item.job_id != claimed.job_id
+    assert (item.state, item.attempts) == (JobState.PENDING, 0)
+    assert item.next_attempt_at < retry_at
+    old = jobs[claimed.job_id]
+    assert old.state is JobState.FAILED
+    assert old.last_error == f"replaced by job {item.job_id} (resend)"
