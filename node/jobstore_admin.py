@@ -335,14 +335,14 @@ class AdminMixin:
         return [ResultObject(sop, sop_class, Path(path)) for sop, sop_class, path in rows]
 
     def _reset_send(
-        self, db: sqlite3.Connection, row: tuple[Any, ...], at: float, why: str
+        self, db: sqlite3.Connection, row: tuple[Any, ...], at: float, requested: str
     ) -> RequeuedSend:
         """Point the outbox item at a new ``pending`` send job, due now, with no attempts.
 
         The previous job keeps its ``job_attempts`` rows, so the history of
         earlier attempts stays whole. A previous job still ``pending`` is
-        closed as ``failed`` with the new job's id as its error; one that was
-        never tried is only made due now.
+        closed as ``failed``, with the new job's id as its error. A job that
+        was never tried is only made due now.
         """
         sop, _, _, destination, previous_job_id, state, attempts, error, study_uid = row
         if state == JobState.PENDING.value and attempts == 0:
@@ -360,7 +360,11 @@ class AdminMixin:
                 0,
                 error,
             )
-        details = {"sop_instance_uid": sop, "previous_job_id": previous_job_id, "requested": why}
+        details = {
+            "sop_instance_uid": sop,
+            "previous_job_id": previous_job_id,
+            "requested": requested,
+        }
         cursor = db.execute(
             "INSERT INTO jobs (study_instance_uid, kind, target, state, next_attempt_at, "
             "created_at, updated_at, details_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -380,7 +384,12 @@ class AdminMixin:
         if state == JobState.PENDING.value:
             db.execute(
                 "UPDATE jobs SET state = ?, last_error = ?, updated_at = ? WHERE job_id = ?",
-                (JobState.FAILED.value, f"replaced by job {job_id} ({why})", at, previous_job_id),
+                (
+                    JobState.FAILED.value,
+                    f"replaced by job {job_id} ({requested})",
+                    at,
+                    previous_job_id,
+                ),
             )
         self._event(
             db,
@@ -404,7 +413,7 @@ class AdminMixin:
         db: sqlite3.Connection,
         study: StudyRecord,
         at: float,
-        why: str,
+        requested: str,
         requested_by: str,
         queued: bool,
     ) -> StudyState:
@@ -414,7 +423,7 @@ class AdminMixin:
         )
         if not (queued and resumable):
             return study.state
-        details = {"requested": why, "requested_by": requested_by}
+        details = {"requested": requested, "requested_by": requested_by}
         self._checked_transition(db, study, StudyState.SENDING, None, at, details)
         return StudyState.SENDING
 

@@ -235,10 +235,10 @@ class RetentionMixin:
 
     def count_purged(self, states: Set[PurgeState] = frozenset(PurgeState)) -> int:
         """Return how many studies have a retention mark in ``states``."""
-        wanted = [PurgeState(state).value for state in states]
-        marks = ", ".join("?" * len(wanted))
+        values = [PurgeState(state).value for state in states]
+        marks = ", ".join("?" * len(values))
         with self._lock:
             row = self._db.execute(
-                f"SELECT COUNT(*) FROM study_purges WHERE state IN ({marks})", wanted
+                f"SELECT COUNT(*) FROM study_purges WHERE state IN ({marks})", values
             ).fetchone()
         return int(row[0])
