@@ -189,6 +189,7 @@ class StorageSettings(Section):
     data_dir: Path = Path("/var/lib/hipfuse")
     min_free_bytes: Annotated[int, Field(ge=0)] = 1024**3
     retention_days: Annotated[float, Field(gt=0)] = 30.0
+    housekeeping_interval_s: PositiveSeconds = 600.0
 
 
 class ModelSettings(Section):

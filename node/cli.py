@@ -1,5 +1,8 @@
 """``hipfuse-node``: run the DICOM node, check its settings, show its state, run the demo.
 
+The admin commands ``resend``, ``retry-failed`` and ``audit export`` live in
+:mod:`hipfuse.node.admin`.
+
 Only the settings schema is imported before a command runs, so ``--help``,
 ``check-config`` and ``status`` start at once. The model stack (torch) loads
 only for ``run`` and ``demo``.
@@ -14,6 +17,8 @@ import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from hipfuse.node.admin import ADMIN_COMMANDS, add_admin_commands, run_admin_command
 
 if TYPE_CHECKING:
     from hipfuse.config.settings import Settings
@@ -107,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="seconds to wait for the SR after sending (default 600)",
     )
+    add_admin_commands(commands)
     return parser
 
 
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return show_status(args.config, as_json=args.json, recent=args.recent)
     if args.command == "run":
         return run_node(args.config, args.bundle)
+    if args.command in ADMIN_COMMANDS:
+        return run_admin_command(args)
     from hipfuse.node.demo import run_demo
 
     return run_demo(bundle_dir=args.bundle, workdir=args.workdir, timeout_s=args.timeout_s)

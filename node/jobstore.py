@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hipfuse.node.jobstore_admin import AdminMixin
+from hipfuse.node.jobstore_audit import AuditMixin
 from hipfuse.node.jobstore_events import EventsAndJobsMixin
 from hipfuse.node.jobstore_outbox import OutboxItem, OutboxMixin, ResultObject
 from hipfuse.node.jobstore_records import (
@@ -45,6 +47,7 @@ from hipfuse.node.jobstore_records import (
     input_fingerprint,
     study_from_row,
 )
+from hipfuse.node.jobstore_retention import RetentionMixin
 from hipfuse.node.jobstore_schema import migrate
 from hipfuse.node.states import (
     FINAL_STATES,
@@ -79,7 +82,7 @@ __all__ = [
 JOB_STORE_FILE_NAME = "jobs.sqlite3"
 
 
-class JobStore(OutboxMixin, EventsAndJobsMixin):
+class JobStore(AdminMixin, RetentionMixin, AuditMixin, OutboxMixin, EventsAndJobsMixin):
     """SQLite job store in ``data_dir``; safe to share between threads.
 
     Parameters

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from hipfuse.node.jobstore_audit import audit_from_event
 from hipfuse.node.jobstore_records import (
     JOB_COLUMNS,
     EventRecord,
@@ -44,6 +45,8 @@ class EventsAndJobsMixin:
             "INSERT INTO events (at, event, study_instance_uid, details_json) VALUES (?, ?, ?, ?)",
             (at, event, study_uid, json.dumps(details, sort_keys=True, default=str)),
         )
+        # Audit rows that this event implies, in the same transaction.
+        audit_from_event(db, at, event, study_uid, details)
 
     def record_event(
         self,

@@ -128,8 +128,66 @@ CREATE INDEX outbox_study ON outbox (study_instance_uid);
 CREATE INDEX outbox_destination ON outbox (destination);
 """
 
+# Version 3: the audit trail that ``hipfuse-node audit export`` writes, and the
+# retention marks of studies whose files were deleted.
+_SCHEMA_V3 = """
+-- One row per audited action, never updated or deleted; rows outlive retention.
+-- No patient attributes: UIDs, AE titles, addresses, destinations and reasons only.
+CREATE TABLE audit_events (
+    audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- Seconds since the epoch (UTC).
+    at REAL NOT NULL,
+    -- An AuditEventType value.
+    event_type TEXT NOT NULL,
+    calling_ae_title TEXT,
+    called_ae_title TEXT,
+    peer_address TEXT,
+    study_instance_uid TEXT,
+    series_instance_uids_json TEXT NOT NULL DEFAULT '[]',
+    sop_instance_uids_json TEXT NOT NULL DEFAULT '[]',
+    destination TEXT,
+    job_id INTEGER,
+    detail_json TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX audit_events_at ON audit_events (at);
+CREATE INDEX audit_events_study ON audit_events (study_instance_uid, event_type, at);
+
+-- Studies whose spool and outbox files retention deleted ('purged') or is
+-- deleting ('purging'). The studies, series and instances rows stay.
+CREATE TABLE study_purges (
+    study_instance_uid TEXT PRIMARY KEY
+        REFERENCES studies (study_instance_uid) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    purged_at REAL,
+    spool_files INTEGER NOT NULL DEFAULT 0,
+    spool_bytes INTEGER NOT NULL DEFAULT 0,
+    outbox_files INTEGER NOT NULL DEFAULT 0
+);
+
+-- While retention deletes a study's files, an instance of that study cannot be
+-- recorded: the SCP answers A700 and the sender sends it again later, so no
+-- acknowledged instance is deleted with the rest.
+CREATE TRIGGER instances_insert_while_purging BEFORE INSERT ON instances
+WHEN EXISTS (
+    SELECT 1 FROM study_purges
+    WHERE study_instance_uid = NEW.study_instance_uid AND state = 'purging'
+)
+BEGIN
+    SELECT RAISE(ABORT, 'study is being deleted by retention; send the instance again later');
+END;
+CREATE TRIGGER instances_update_while_purging BEFORE UPDATE ON instances
+WHEN EXISTS (
+    SELECT 1 FROM study_purges
+    WHERE study_instance_uid = NEW.study_instance_uid AND state = 'purging'
+)
+BEGIN
+    SELECT RAISE(ABORT, 'study is being deleted by retention; send the instance again later');
+END;
+"""
+
 # (version, script) in ascending order.
-MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2)]
+MIGRATIONS: list[tuple[int, str]] = [(1, _SCHEMA_V1), (2, _SCHEMA_V2), (3, _SCHEMA_V3)]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

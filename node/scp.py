@@ -56,6 +56,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from hipfuse.config.settings import Settings
+from hipfuse.node.audit import association_details, rejection_reason
 from hipfuse.node.header import HeaderError, read_header
 from hipfuse.node.jobstore import InstanceRecord, JobStore, StudyTooLargeError
 from hipfuse.node.series import is_node_output
@@ -294,7 +295,7 @@ class StorageSCP:
             self.metrics.association_rejected(reason.value)
         self.jobstore.record_event(
             "association_rejected",
-            details={"calling_ae_title": calling, "peer_address": address, "reason": reason},
+            details={**association_details(association), "reason": reason},
         )
         # The same steps pynetdicom takes for its own rejections: send the
         # A-ASSOCIATE-RJ, then wait until the upper layer is idle again.
@@ -302,13 +303,14 @@ class StorageSCP:
         association.kill()
 
     def handle_association_accepted(self, event: Event) -> None:
-        """Log the accepted association."""
+        """Log the accepted association and record it in the audit trail."""
         self._counts[event.assoc] = _AssociationCounts()
         log.info(
             "association_accepted",
             calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
             peer_address=str(event.assoc.requestor.address),
         )
+        self.jobstore.record_event("association_accepted", details=association_details(event.assoc))
 
     def handle_association_rejected(self, event: Event) -> None:
         """Log rejections made by pynetdicom itself (association limit, called AE title)."""
@@ -325,6 +327,10 @@ class StorageSCP:
             self.metrics.association_rejected_by_protocol(
                 getattr(primitive, "result_source", None), getattr(primitive, "diagnostic", None)
             )
+        self.jobstore.record_event(
+            "association_rejected",
+            details={**association_details(event.assoc), "reason": rejection_reason(event.assoc)},
+        )
 
     def handle_association_closed(self, event: Event) -> None:
         """Log the end of an association with its instance counts."""
@@ -335,6 +341,14 @@ class StorageSCP:
             peer_address=str(event.assoc.requestor.address),
             instances_stored=counts.stored,
             instances_failed=counts.failed,
+        )
+        self.jobstore.record_event(
+            "association_released" if event.event is evt.EVT_RELEASED else "association_aborted",
+            details={
+                **association_details(event.assoc),
+                "instances_stored": counts.stored,
+                "instances_failed": counts.failed,
+            },
         )
 
     # ------------------------------------------------------------------ #

@@ -3,11 +3,11 @@
 :meth:`NodeService.start` opens the job store, puts back work a stopped
 process left half done and loads the model bundle once. It then starts the
 HL7 intake (with ``[hl7] enabled``), the storage SCP, the admin HTTP
-endpoint (with ``[http] enabled``), the study assembler, the analysis worker
-and one sender per destination, each in its own thread.
-:meth:`NodeService.stop` stops the HTTP endpoint, then stops accepting
-associations and HL7 messages, lets the worker and senders finish what they
-hold, and leaves queued work in the job store for the next start.
+endpoint (with ``[http] enabled``), the study assembler, the analysis worker,
+one sender per destination and the retention housekeeper, each in its own
+thread. :meth:`NodeService.stop` stops the HTTP endpoint, then stops
+accepting associations and HL7 messages, lets the worker and senders finish
+what they hold, and leaves queued work in the job store for the next start.
 """
 
 from __future__ import annotations
@@ -155,6 +155,7 @@ class NodeService:
         from hipfuse.node.jobstore import JobStore
         from hipfuse.node.metrics import NodeMetrics
         from hipfuse.node.outbox import OutboxFolder
+        from hipfuse.node.retention import Housekeeper
         from hipfuse.node.scp import start_scp
         from hipfuse.node.sender import DestinationSender
         from hipfuse.node.spool import Spool
@@ -278,6 +279,8 @@ class NodeService:
                 metrics=metrics,
             )
             self._spawn(f"sender-{destination.name}", sender.run, interval)
+        housekeeper = Housekeeper(jobstore, data_dir, settings.storage, clock=self.clock)
+        self._spawn("housekeeping", housekeeper.run, settings.storage.housekeeping_interval_s)
         log.info(
             "node_started",
             ae_title=settings.node.ae_title,

@@ -76,6 +76,8 @@ S = StudyState
 
 # Legal moves. ANALYSING → COMPLETE and ENCODING → ANALYSED put back work that a
 # stopped worker left half done; FAILED/SKIPPED → COMPLETE is a manual retry.
+# DONE/FAILED/SKIPPED → SENDING is an admin's resend or retry of the study's
+# existing results (hipfuse-node resend, retry-failed).
 TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
     S.RECEIVING: frozenset({S.COMPLETE, S.SKIPPED, S.FAILED}),
     S.COMPLETE: frozenset({S.ANALYSING, S.RECEIVING, S.SKIPPED, S.FAILED}),
@@ -83,9 +85,9 @@ TRANSITIONS: dict[StudyState, frozenset[StudyState]] = {
     S.ANALYSED: frozenset({S.ENCODING, S.SENDING, S.DONE, S.FAILED}),
     S.ENCODING: frozenset({S.SENDING, S.ANALYSED, S.FAILED}),
     S.SENDING: frozenset({S.DONE, S.FAILED}),
-    S.DONE: frozenset({S.RECEIVING}),
-    S.SKIPPED: frozenset({S.RECEIVING, S.COMPLETE}),
-    S.FAILED: frozenset({S.RECEIVING, S.COMPLETE}),
+    S.DONE: frozenset({S.RECEIVING, S.SENDING}),
+    S.SKIPPED: frozenset({S.RECEIVING, S.COMPLETE, S.SENDING}),
+    S.FAILED: frozenset({S.RECEIVING, S.COMPLETE, S.SENDING}),
 }
 
 # States that end the flow; a new instance re-opens the study from them.
