@@ -69,12 +69,13 @@ def test_node_killed_mid_transfer(tmp_path: Path) -> None:
     study = sample_study()
     uid = study.study_instance_uid
     # The quiet period outlasts the restart, so the half-received study is
-    # not analysed before the rest arrives.
+    # not analysed before the rest arrives. Loading the model on a busy
+    # 2-core machine has taken more than 10 s.
     config, settings = node_settings(
         tmp_path,
         port=NODE_PORT,
         destinations=[("pacs", "STORESCP", DESTINATION_PORT)],
-        quiet_period_s=10.0,
+        quiet_period_s=30.0,
     )
     data_dir = settings.storage.data_dir
 
@@ -125,7 +126,7 @@ def test_node_killed_mid_transfer(tmp_path: Path) -> None:
         node.start()
         sent = storescu(namespace, NODE_PORT, study.files)
         assert sent.returncode == 0, sent.stdout + sent.stderr
-        wait_for(lambda: study_state(data_dir, uid) is StudyState.DONE, 120, "the SR to be sent")
+        wait_for(lambda: study_state(data_dir, uid) is StudyState.DONE, 180, "the SR to be sent")
         assert node.stop() == 0
         destination.stop()
 
