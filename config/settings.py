@@ -4,7 +4,8 @@ The shipped ``default.toml`` beside this module documents every key with its
 unit and default. ``load_settings`` reads a file (the shipped defaults when no
 path is given), applies environment variables on top and reports every invalid
 key at once in one :class:`SettingsError`. The ``[hl7]`` and ``[fhir]``
-sections are defined in :mod:`hipfuse.config.clinical_text`, and the field
+sections are defined in :mod:`hipfuse.config.clinical_text`, ``[dropfolder]``
+in :mod:`hipfuse.config.dropfolder`, and the field
 types shared by all sections in :mod:`hipfuse.config.fields`.
 
 Environment variables use the prefix ``HIPFUSE_`` and ``__`` between levels:
@@ -32,6 +33,7 @@ from pydantic_settings import (
 )
 
 from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
+from hipfuse.config.dropfolder import DropFolderSettings
 from hipfuse.config.fields import (
     AETitle,
     HostName,
@@ -192,6 +194,8 @@ class ModelSettings(Section):
 
     bundle_dir: Path | None = None
     device: Annotated[str, AfterValidator(_check_device)] = "auto"
+    watch_bundle: bool = True
+    watch_settle_s: PositiveSeconds = 5.0
 
 
 class SendSettings(Section):
@@ -257,6 +261,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     hl7: HL7Settings = Field(default_factory=HL7Settings)
     fhir: FHIRSettings = Field(default_factory=FHIRSettings)
+    dropfolder: DropFolderSettings = Field(default_factory=DropFolderSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

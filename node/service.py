@@ -3,7 +3,9 @@
 :meth:`NodeService.start` opens the job store, puts back work a stopped
 process left half done and loads the model bundle once. It then starts the
 HL7 intake (with ``[hl7] enabled``), the storage SCP, the study assembler,
-the analysis worker and one sender per destination, each in its own thread.
+the analysis worker and one sender per destination, each in its own thread,
+and watches the model bundle folder (``[model] watch_bundle``) and the DICOM
+drop folder (``[dropfolder] enabled``).
 :meth:`NodeService.stop` stops accepting associations and HL7 messages
 first, lets the worker and senders finish what they hold, and leaves queued
 work in the job store for the next start.
@@ -24,10 +26,16 @@ import structlog
 from hipfuse.config.settings import Settings
 
 if TYPE_CHECKING:
+    from hipfuse.inference.model.config import BundleConfig
     from hipfuse.integrations.hl7.service import HL7Service
     from hipfuse.integrations.hl7.store import HL7Store
+    from hipfuse.node.assembly import StudyAssembler
+    from hipfuse.node.bundle_watch import BundleWatcher
+    from hipfuse.node.dropfolder import DropFolderWatcher
     from hipfuse.node.jobstore import JobStore
     from hipfuse.node.scp import ScpServer
+    from hipfuse.node.sender import DestinationSender
+    from hipfuse.node.worker import AnalysisWorker
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +63,9 @@ def runtime_problems(settings: Settings) -> list[tuple[str, str]]:
                     "link otherwise (VPN or a TLS tunnel)",
                 )
             )
+    from hipfuse.node.dropfolder import dropfolder_problems
+
+    problems += dropfolder_problems(settings)
     return problems
 
 
@@ -103,6 +114,12 @@ class NodeService:
         self.scp: ScpServer | None = None
         self.hl7_store: HL7Store | None = None
         self.hl7: HL7Service | None = None
+        # The running parts whose settings a reload (hipfuse.node.reload) changes.
+        self.assembler: StudyAssembler | None = None
+        self.worker: AnalysisWorker | None = None
+        self.senders: dict[str, DestinationSender] = {}
+        self.dropfolder: DropFolderWatcher | None = None
+        self.bundle_watcher: BundleWatcher | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -206,13 +223,17 @@ class NodeService:
                 "choose a free [node] port or another bind_address"
             ) from error
 
+        self._start_watchers(worker, bundle.config)
+
         interval = self.poll_interval_s
+        self.assembler, self.worker = assembler, worker
         self._spawn("assembler", assembler.run, interval)
         self._spawn("worker", worker.run, interval)
         for destination in settings.destinations:
             sender = DestinationSender(
                 destination, jobstore, settings.send, settings.node, clock=self.clock
             )
+            self.senders[destination.name] = sender
             self._spawn(f"sender-{destination.name}", sender.run, interval)
         log.info(
             "node_started",
@@ -222,7 +243,37 @@ class NodeService:
             destinations=[destination.name for destination in settings.destinations],
             hl7_port=self.hl7.port if self.hl7 is not None else None,
             fhir=settings.fhir.enabled,
+            dropfolder=str(settings.dropfolder.dir) if self.dropfolder is not None else None,
         )
+
+    def _start_watchers(self, worker: AnalysisWorker, bundle_config: BundleConfig) -> None:
+        """Start the drop folder (``[dropfolder] enabled``) and the bundle watcher."""
+        from hipfuse.node.bundle_watch import BundleWatcher
+        from hipfuse.node.dropfolder import DropFolderWatcher
+
+        settings = self.settings
+        if settings.model.watch_bundle:
+            self.bundle_watcher = BundleWatcher(
+                self.bundle_dir,
+                worker,
+                bundle_config,
+                device=_torch_device(settings.model.device),
+                settle_s=settings.model.watch_settle_s,
+            )
+            self.bundle_watcher.start()
+        if settings.dropfolder.enabled:
+            assert self.scp is not None and self.scp.storage_scp is not None
+            dropfolder = DropFolderWatcher(settings.dropfolder, self.scp.storage_scp)
+            try:
+                dropfolder.start()
+            except OSError as error:
+                self.stop()
+                raise ServiceError(
+                    f"dropfolder.dir {settings.dropfolder.dir} cannot be watched: "
+                    f"{error.strerror or error}; create it, make it writable for the node, "
+                    "or set [dropfolder] enabled = false"
+                ) from error
+            self.dropfolder = dropfolder
 
     def _start_hl7(self, data_dir: Path) -> None:
         """Open the HL7 store and start the MLLP listener when ``[hl7] enabled``."""
@@ -304,6 +355,10 @@ class NodeService:
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
+        for watcher in (self.dropfolder, self.bundle_watcher):
+            if watcher is not None:
+                watcher.stop()
+        self.dropfolder = self.bundle_watcher = None
         # Stopped before the worker: no message is acknowledged that the store
         # cannot keep. The store stays open until the worker has finished.
         self._stop_hl7()
