@@ -1,8 +1,8 @@
 """Hot swap of the model bundle: watch ``[model] bundle_dir`` and switch to a new, valid bundle.
 
-The watcher notices a change of the bundle folder in three ways: a watchdog
-observer on the folder and on its parent (a rename or symbolic link swap
-changes the parent), and a periodic check that also covers file systems
+The watcher notices a change of the bundle folder in three ways. A watchdog
+observer watches the folder and its parent, because a rename or a symbolic
+link swap changes the parent. A periodic check also covers file systems
 without change events. What counts as a change is the bundle's state on disk:
 the folder's resolved path and the inode, size and modification time of
 ``bundle.json`` and ``weights.safetensors``.
@@ -56,7 +56,7 @@ _FileState = tuple[int, int, int] | None
 
 
 class SwapResult(StrEnum):
-    """What :meth:`BundleWatcher.check` did with the bundle folder."""
+    """Result of :meth:`BundleWatcher.check` for the bundle folder."""
 
     NO_CHANGE = "no_change"
     SETTLING = "settling"
@@ -231,7 +231,7 @@ class BundleWatcher:
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop watching; a bundle being loaded is abandoned once the load returns."""
+        """Stop watching, waiting up to ``timeout_s`` for a bundle being loaded."""
         self._stop.set()
         self._wake.set()
         if self._observer is not None:
@@ -268,7 +268,7 @@ class BundleWatcher:
             bundle = self.loader(self.bundle_dir)
         except BundleError as error:
             return self._reject(state, error.code, str(error))
-        except Exception as error:  # a file removed while read, a torch error: reject it too
+        except Exception as error:  # a file removed while it was read, or a torch error
             return self._reject(state, "bundle_load_failed", f"{type(error).__name__}: {error}")
         load_s = round(time.perf_counter() - started, 3)
         if BundleState.read(self.bundle_dir) != state:
@@ -328,5 +328,5 @@ class BundleWatcher:
                 return
             try:
                 self.check()
-            except Exception:  # keep serving the current bundle; the error is logged
+            except Exception:  # keep serving the current bundle, so the error is only logged
                 log.exception("bundle_watch_error", bundle_dir=str(self.bundle_dir))

@@ -15,8 +15,8 @@ accepts), and the file goes through :meth:`StorageSCP.store_part10
 <hipfuse.node.scp.StorageSCP.store_part10>`, exactly as a received instance
 does. The original is deleted only after the instance is spooled and
 recorded. A file that is not DICOM or fails a check moves to ``failed/``
-(under its subfolder path) beside ``<name>.reason.txt``. A file refused for
-want of disk space or by a job store error stays where it is and is tried
+(under its subfolder path) beside ``<name>.reason.txt``. A file rejected for
+lack of disk space or by a job store error stays where it is and is tried
 again after the next listing.
 
 File and folder names often contain patient names, so no log line names a
@@ -71,7 +71,7 @@ _STATUS_TEXT = {
 
 
 class DropOutcome(StrEnum):
-    """What happened to one file of the drop folder."""
+    """Outcome of one file of the drop folder."""
 
     STORED = "stored"
     FAILED = "failed"
@@ -81,7 +81,7 @@ class DropOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class DropFileResult:
-    """Outcome of one processed file; ``moved_to`` is set for files moved to ``failed/``."""
+    """Result of one processed file. ``moved_to`` is set for files moved to ``failed/``."""
 
     path: Path
     outcome: DropOutcome
@@ -93,11 +93,14 @@ class DropFileResult:
 
 
 class _FileRejectedError(Exception):
-    """A file that goes to ``failed/``; the message is its reason."""
+    """A file that goes to ``failed/``. The message is its reason."""
 
 
 def dropfolder_problems(settings: Settings) -> list[tuple[str, str]]:
-    """Return drop folder settings that would let the node take its own files, as (path, reason)."""
+    """Return drop folder settings that would make the node take its own files.
+
+    Each item is a (dotted key path, reason) pair, as in ``runtime_problems``.
+    """
     dropfolder = settings.dropfolder
     if not dropfolder.enabled or dropfolder.dir is None:
         return []
@@ -113,8 +116,8 @@ def dropfolder_problems(settings: Settings) -> list[tuple[str, str]]:
     return [
         (
             "dropfolder.dir",
-            f"{reason}, so the node would take its own files; use a separate folder, "
-            f"for example {data_dir / 'dropfolder'}",
+            f"{reason}, so the node would take its own files; use a folder of its own, "
+            "for example /srv/hipfuse/dropfolder",
         )
     ]
 
@@ -221,7 +224,7 @@ class DropFolderWatcher:
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop watching; a file being stored is finished first."""
+        """Stop watching once the file being stored, if any, is finished."""
         self._stop.set()
         if self._observer is not None:
             self._observer.stop()
@@ -233,7 +236,7 @@ class DropFolderWatcher:
         log.info("dropfolder_stopped", dropfolder=str(self.folder))
 
     def note(self, path: Path) -> None:
-        """Queue a file of the folder; it is taken once stable for ``settle_s``."""
+        """Queue a file of the folder, to be taken once it is stable for ``settle_s``."""
         try:
             relative = path.relative_to(self.folder)
         except ValueError:
@@ -280,7 +283,7 @@ class DropFolderWatcher:
                 continue
 
     def process_ready(self) -> list[DropFileResult]:
-        """Store the queued files that have been stable for ``settle_s``; return what was done."""
+        """Store the queued files that have been stable for ``settle_s`` and return the results."""
         now = self.clock()
         ready = []
         with self._lock:
@@ -349,7 +352,8 @@ class DropFolderWatcher:
                 file_id=file_id,
                 sop_instance_uid=sop_uid,
                 error=error.strerror,
-                message="stored, but the file stays; it is not stored again until it changes",
+                message="the file was stored but stays in the folder; it is stored again "
+                "only once it changes",
             )
         log.info(
             "dropfolder_file_stored",
@@ -381,7 +385,7 @@ class DropFolderWatcher:
                 file_id=file_id,
                 reason=reason,
                 error=error.strerror,
-                message="the file stays; it is tried again when it changes",
+                message="the file stays in place and is tried again when it changes",
             )
             return DropFileResult(path, DropOutcome.FAILED, file_id, reason, sop_uid)
         lines = [
@@ -418,7 +422,7 @@ class DropFolderWatcher:
                     log.error("dropfolder_rescan_failed", error=error.strerror)
             try:
                 self.process_ready()
-            except Exception:  # one bad file must not stop the folder; the error is logged
+            except Exception:  # one bad file must not stop the folder, so the error is only logged
                 log.exception("dropfolder_processing_failed")
 
 
@@ -466,12 +470,12 @@ def read_file_meta(data: bytes) -> FileMeta:
         raise _FileRejectedError(f"File Meta Information: {error}") from error
     if sop_class == _MEDIA_STORAGE_DIRECTORY:
         raise _FileRejectedError(
-            "a DICOMDIR (Media Storage Directory) indexes an export and holds no image; "
-            "the images it lists are taken on their own"
+            "a DICOMDIR (Media Storage Directory) indexes an export and contains no image. "
+            "The images it lists are taken on their own"
         )
     if transfer_syntax not in STORAGE_TRANSFER_SYNTAXES:
         raise _FileRejectedError(
-            f"Transfer Syntax UID {transfer_syntax} is not accepted by the node; "
+            f"Transfer Syntax UID {transfer_syntax} is not accepted by the node: "
             "export the study uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE"
         )
     source_ae_title = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()

@@ -89,7 +89,7 @@ def _dump(settings: Any) -> dict[str, Any]:
 
 
 def _changed_keys(running: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Return the keys whose values differ; a list counts as one value."""
+    """Return the keys whose values differ. A list counts as one value."""
     return sorted(key for key in running.keys() | new.keys() if running.get(key) != new.get(key))
 
 
@@ -224,7 +224,7 @@ def _reject(config: Path, problems: list[tuple[str, str]]) -> ReloadResult:
         "settings_reload_rejected",
         config=str(config),
         problems=len(problems),
-        message="the running settings stay; fix the file and send SIGHUP again",
+        message="the running settings stay unchanged. Fix the file and send SIGHUP again",
     )
     return ReloadResult(None, tuple(problems))
 
@@ -259,7 +259,7 @@ class SettingsReloader:
         self._requested.set()
 
     def start(self) -> None:
-        """Start the thread; a reload requested before runs at once."""
+        """Start the thread. A reload requested before the start runs at once."""
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="hipfuse-reload", daemon=True)
         self._thread.start()

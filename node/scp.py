@@ -90,7 +90,7 @@ _VERIFICATION_TRANSFER_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndia
 # Error Comment (0000,0902) is LO: at most 64 characters.
 _ERROR_COMMENT_MAX = 64
 _STUDY_LOCK_STRIPES = 64
-# Refusal reason that storing the instance again later cannot cure.
+# The A700 reason that storing the same instance again later cannot resolve.
 _STUDY_TOO_LARGE = "study over max_study_bytes"
 
 
@@ -126,8 +126,9 @@ class _AssociationCounts:
 class StoreOutcome:
     """Outcome of :meth:`StorageSCP.store_part10`: a C-STORE status and its Error Comment.
 
-    ``retry_later`` is true when the same instance may be stored later: free
-    disk space, a spool write or the job store failed, not the instance.
+    ``retry_later`` is true when the instance itself was fine and storing it
+    later may succeed: free disk space ran low, or the spool write or the job
+    store failed.
     """
 
     status: StoreStatus

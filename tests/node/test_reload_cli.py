@@ -1,4 +1,4 @@
-"""``hipfuse-node run`` reloads its settings file on SIGHUP."""
+"""``hipfuse-node run`` reloads its settings file on SIGHUP, with the drop folder on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ingest_helpers import ECHOSCU, free_port
+from ingest_helpers import ECHOSCU, ct_dataset, free_port, write_dataset
+from pydicom.uid import generate_uid
 from worker_helpers import node_settings, untrained_bundle_dir
 
 NODE = [sys.executable, "-m", "hipfuse.node.cli"]
@@ -46,7 +47,13 @@ def echo(port: int) -> subprocess.CompletedProcess[str]:
 @pytest.mark.skipif(not Path(ECHOSCU).exists(), reason="DCMTK echoscu is not installed")
 def test_sighup_reloads_settings(tmp_path: Path) -> None:
     port, other_port = free_port(), free_port()
-    config, _ = node_settings(tmp_path, port=port, quiet_period_s=1.0)
+    dropfolder = tmp_path / "drop"
+    config, _ = node_settings(
+        tmp_path,
+        port=port,
+        quiet_period_s=1.0,
+        extra=f'[dropfolder]\nenabled = true\ndir = "{dropfolder}"\nsettle_s = 0.5\n',
+    )
     original = config.read_text()
     log_path = tmp_path / "node.log"
     with log_path.open("w") as log:
@@ -57,13 +64,18 @@ def test_sighup_reloads_settings(tmp_path: Path) -> None:
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
     try:
-        wait_for_event(process, log_path, "node_started", 1)
+        events = wait_for_event(process, log_path, "node_started", 1)
+        started = [entry["event"] for entry in events]
+        ct = ct_dataset(generate_uid(), generate_uid(), 0)
+        write_dataset(ct, dropfolder / "STUDY" / "IM0")
+        events = wait_for_event(process, log_path, "dropfolder_file_stored", 1)
+        stored = next(entry for entry in events if entry["event"] == "dropfolder_file_stored")
 
-        # A live key and a key that needs a restart.
+        # Live keys and a key that needs a restart.
         config.write_text(
-            original.replace("quiet_period_s = 1.0", "quiet_period_s = 2.5").replace(
-                f"port = {port}", f"port = {other_port}"
-            )
+            original.replace("quiet_period_s = 1.0", "quiet_period_s = 2.5")
+            .replace(f"port = {port}", f"port = {other_port}")
+            .replace("settle_s = 0.5", "settle_s = 0.2")
         )
         process.send_signal(signal.SIGHUP)
         events = wait_for_event(process, log_path, "settings_reloaded", 1)
@@ -83,7 +95,11 @@ def test_sighup_reloads_settings(tmp_path: Path) -> None:
         ]
 
         # The running quiet period is 2.5 s and the port unchanged: this file changes nothing.
-        config.write_text(original.replace("quiet_period_s = 1.0", "quiet_period_s = 2.5"))
+        config.write_text(
+            original.replace("quiet_period_s = 1.0", "quiet_period_s = 2.5").replace(
+                "settle_s = 0.5", "settle_s = 0.2"
+            )
+        )
         process.send_signal(signal.SIGHUP)
         events = wait_for_event(process, log_path, "settings_reloaded", 2)
         third = [entry for entry in events if entry["event"] == "settings_reloaded"][1]
@@ -95,7 +111,11 @@ def test_sighup_reloads_settings(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
 
-    assert first["applied"] == ["study.quiet_period_s"]
+    assert "bundle_watch_started" in started
+    assert "dropfolder_started" in started
+    assert stored["sop_instance_uid"] == ct.SOPInstanceUID
+    assert not (dropfolder / "STUDY" / "IM0").exists()
+    assert first["applied"] == ["dropfolder.settle_s", "study.quiet_period_s"]
     assert first["needs_restart"] == ["node.port"]
     assert restart == ["node.port"]
     assert sorted(problems) == ["send.max_atempts", "study.quiet_period_s"]
