@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 
 
-
 def matmul_peak_gflops(device, size: int = 2048, repeats: int = 10) -> float:
     """Return the best fp32 matmul rate in GFLOP/s over ``repeats`` runs."""
     import torch

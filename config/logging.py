@@ -36,9 +36,7 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     if not isinstance(numeric_level, int):
         raise ValueError(f"invalid log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
     renderer = (
-        structlog.processors.JSONRenderer()
-        if json
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[

@@ -5,8 +5,8 @@ unit and default. ``load_settings`` reads a file (the shipped defaults when no
 path is given), applies environment variables on top and reports every invalid
 key at once in one :class:`SettingsError`. The ``[hl7]`` and ``[fhir]``
 sections are defined in :mod:`hipfuse.config.clinical_text`, ``[node.tls]`` in
-:mod:`hipfuse.config.tls`, and the field types shared by all sections in
-:mod:`hipfuse.config.fields`.
+:mod:`hipfuse.config.tls`, ``[dropfolder]`` in :mod:`hipfuse.config.dropfolder`,
+and the field types shared by all sections in :mod:`hipfuse.config.fields`.
 
 Environment variables use the prefix ``HIPFUSE_`` and ``__`` between levels:
 ``HIPFUSE_NODE__PORT=11113`` sets ``[node] port``. Lists of tables take JSON:
@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
+from hipfuse.config.dropfolder import DropFolderSettings
 from hipfuse.config.fields import (
     AETitle,
     HostName,
@@ -197,6 +198,8 @@ class ModelSettings(Section):
 
     bundle_dir: Path | None = None
     device: Annotated[str, AfterValidator(_check_device)] = "auto"
+    watch_bundle: bool = True
+    watch_settle_s: PositiveSeconds = 5.0
 
 
 class SendSettings(Section):
@@ -285,6 +288,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     hl7: HL7Settings = Field(default_factory=HL7Settings)
     fhir: FHIRSettings = Field(default_factory=FHIRSettings)
+    dropfolder: DropFolderSettings = Field(default_factory=DropFolderSettings)
     send: SendSettings = Field(default_factory=SendSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)

@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Start the storage SCP, study assembly, analysis and sending. SIGTERM or "
             "SIGINT stops accepting associations, finishes the study being analysed "
-            "and leaves queued work for the next start."
+            "and leaves queued work for the next start. SIGHUP reads the settings file "
+            "again: the keys that can change live take effect, and every other changed "
+            "key is logged as setting_needs_restart."
         ),
     )
     run.add_argument("--config", type=Path, required=True, help="settings file (TOML)")
@@ -193,13 +195,14 @@ def show_status(config: Path, *, as_json: bool, recent: int) -> int:
 
 
 def run_node(config: Path, bundle_dir: Path | None) -> int:
-    """Run the node in the foreground until SIGTERM or SIGINT."""
+    """Run the node in the foreground until SIGTERM or SIGINT; reload the settings on SIGHUP."""
     settings, lines = _load(config)
     if settings is None:
         print("\n".join(lines), file=sys.stderr)
         return EXIT_INVALID_SETTINGS
 
     from hipfuse.config.logging import configure_logging
+    from hipfuse.node.reload import SettingsReloader
     from hipfuse.node.service import NodeService, ServiceError
     from hipfuse.node.systemd_notify import SystemdNotifier
 
@@ -210,6 +213,10 @@ def run_node(config: Path, bundle_dir: Path | None) -> int:
         signal.signal(signum, lambda *_: stop.set())
 
     service = NodeService(settings, bundle_dir=bundle_dir)
+    reloader = SettingsReloader(service, config, notifier)
+    # Installed before start(): SIGHUP would otherwise end the process. A
+    # reload requested during start-up runs once the node is up.
+    signal.signal(signal.SIGHUP, lambda *_: reloader.request())
     try:
         service.start()
     except ServiceError as error:
@@ -219,6 +226,7 @@ def run_node(config: Path, bundle_dir: Path | None) -> int:
     notifier.ready(
         f"listening as {settings.node.ae_title} on {settings.node.bind_address}:{service.port}"
     )
+    reloader.start()
     check_interval_s = min(1.0, notifier.watchdog_interval_s or 1.0)
     try:
         service.wait(stop, check_interval_s, on_healthy=notifier.watchdog)
@@ -226,6 +234,7 @@ def run_node(config: Path, bundle_dir: Path | None) -> int:
         print(f"hipfuse-node: {error}", file=sys.stderr)
         return EXIT_STOPPED_UNEXPECTEDLY
     finally:
+        reloader.stop()
         notifier.stopping()
         service.stop()
     return EXIT_OK

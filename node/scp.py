@@ -99,6 +99,8 @@ _STUDY_LOCK_STRIPES = 64
 # 0.1 ms instead of its 1 ms almost halves the time a 300-slice CT takes to
 # arrive, for a few per cent of a core while an association stays open idle.
 DUL_POLL_INTERVAL_S = 0.0001
+# The A700 reason that storing the same instance again later cannot resolve.
+_STUDY_TOO_LARGE = "study over max_study_bytes"
 
 
 class StoreStatus(IntEnum):
@@ -129,12 +131,30 @@ class _AssociationCounts:
     failed: int = 0
 
 
+@dataclass(frozen=True)
+class StoreOutcome:
+    """Outcome of :meth:`StorageSCP.store_part10`: a C-STORE status and its Error Comment.
+
+    ``retry_later`` is true when the instance itself was fine and storing it
+    later may succeed: free disk space ran low, or the spool write or the job
+    store failed.
+    """
+
+    status: StoreStatus
+    comment: str | None = None
+    retry_later: bool = False
+
+
 class ScpServer:
     """A running SCP; stop it with :meth:`stop`."""
 
-    def __init__(self, ae: AE, server: ThreadedAssociationServer) -> None:
+    def __init__(
+        self, ae: AE, server: ThreadedAssociationServer, storage_scp: StorageSCP | None = None
+    ) -> None:
         self.ae = ae
         self._server = server
+        # The handlers: the drop folder stores through them, and a reload swaps their settings.
+        self.storage_scp = storage_scp
 
     @property
     def port(self) -> int:
@@ -241,7 +261,7 @@ class StorageSCP:
         else:
             server = ae.start_server(address, block=False, evt_handlers=handlers)
         assert server is not None
-        scp = ScpServer(ae, server)
+        scp = ScpServer(ae, server, self)
         log.info(
             "scp_started",
             ae_title=node.ae_title,
@@ -392,11 +412,57 @@ class StorageSCP:
         transfer_syntax = str(event.context.transfer_syntax)
         meta = encode_file_meta(requested_class, requested_instance, transfer_syntax, calling)
         part10 = b"".join((meta, event.encoded_dataset(include_meta=False)))
+        outcome = self.store_part10(
+            part10,
+            requested_class=requested_class,
+            requested_instance=requested_instance,
+            transfer_syntax=transfer_syntax,
+            calling=calling,
+            peer=peer,
+            received_at=received_at,
+            ids=ids,
+        )
+        return _status(outcome.status, outcome.comment)
+
+    def store_part10(
+        self,
+        part10: bytes,
+        *,
+        requested_class: str,
+        requested_instance: str,
+        transfer_syntax: str,
+        calling: str,
+        peer: str,
+        received_at: float,
+        ids: dict[str, Any],
+    ) -> StoreOutcome:
+        """Parse, check, spool and record one Part 10 instance, as a C-STORE is handled.
+
+        The C-STORE handler and the drop folder both store through this method.
+
+        Parameters
+        ----------
+        part10
+            Preamble, File Meta Information and data set, written to the spool unchanged.
+        requested_class, requested_instance
+            Valid SOP Class and SOP Instance UIDs that the data set must
+            contain: the C-STORE request's Affected SOP Class and Instance UIDs,
+            or a file's Media Storage SOP Class and Instance UIDs.
+        transfer_syntax
+            Transfer Syntax UID of the data set, as recorded in the job store.
+        calling, peer
+            Calling AE title and peer address recorded with the instance.
+        received_at
+            Seconds since the epoch.
+        ids
+            Keys of every log line (never patient attributes); the Study and
+            Series Instance UIDs are added.
+        """
         try:
             header = read_header(part10)
         except HeaderError as exc:
             log.warning("instance_rejected", **ids, status="C000", error=str(exc))
-            return _status(StoreStatus.CANNOT_UNDERSTAND, "data set cannot be parsed")
+            return StoreOutcome(StoreStatus.CANNOT_UNDERSTAND, "data set cannot be parsed")
 
         try:
             uids = InstanceUIDs.validated(
@@ -407,7 +473,7 @@ class StorageSCP:
             sop_class = validate_uid("SOPClassUID", header.get("SOPClassUID"))
         except InvalidUIDError as exc:
             log.warning("instance_rejected", **ids, status="C000", error=str(exc))
-            return _status(StoreStatus.CANNOT_UNDERSTAND, f"invalid {exc.keyword}")
+            return StoreOutcome(StoreStatus.CANNOT_UNDERSTAND, f"invalid {exc.keyword}")
 
         if uids.sop_instance_uid != requested_instance:
             mismatch = "SOP Instance UID differs from the request"
@@ -417,7 +483,7 @@ class StorageSCP:
             mismatch = None
         if mismatch:
             log.warning("instance_rejected", **ids, status="A900", error=mismatch)
-            return _status(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, mismatch)
+            return StoreOutcome(StoreStatus.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, mismatch)
 
         ids["study_instance_uid"] = uids.study_instance_uid
         ids["series_instance_uid"] = uids.series_instance_uid
@@ -426,12 +492,18 @@ class StorageSCP:
             refusal = self._check_resources(uids, len(part10))
             if refusal:
                 log.warning("instance_refused", **ids, status="A700", reason=refusal)
-                return _status(StoreStatus.OUT_OF_RESOURCES, refusal)
+                return StoreOutcome(
+                    StoreStatus.OUT_OF_RESOURCES,
+                    refusal,
+                    retry_later=refusal != _STUDY_TOO_LARGE,
+                )
             try:
                 spooled = self.spool.store_instance(uids, [part10])
             except OSError as exc:
                 log.error("instance_store_failed", **ids, error=str(exc))
-                return _status(StoreStatus.OUT_OF_RESOURCES, "spool write failed")
+                return StoreOutcome(
+                    StoreStatus.OUT_OF_RESOURCES, "spool write failed", retry_later=True
+                )
 
             record = InstanceRecord(
                 sop_instance_uid=uids.sop_instance_uid,
@@ -455,7 +527,11 @@ class StorageSCP:
                 if not spooled.replaced_existing:
                     self.spool.remove(spooled.path)
                 log.error("instance_record_failed", **ids, error=str(exc))
-                return _status(StoreStatus.OUT_OF_RESOURCES, "job store refused the instance")
+                return StoreOutcome(
+                    StoreStatus.OUT_OF_RESOURCES,
+                    "job store refused the instance",
+                    retry_later=isinstance(exc, sqlite3.Error),
+                )
             if outcome.superseded_path is not None:
                 self.spool.remove(outcome.superseded_path)
         if self.on_stored is not None:
@@ -474,7 +550,7 @@ class StorageSCP:
         )
         if self.metrics is not None:
             self.metrics.instance_received()
-        return _status(StoreStatus.SUCCESS)
+        return StoreOutcome(StoreStatus.SUCCESS)
 
     def _check_resources(self, uids: InstanceUIDs, size_bytes: int) -> str | None:
         """Return why storing ``size_bytes`` more is refused, or ``None``."""
@@ -482,7 +558,7 @@ class StorageSCP:
             uids.study_instance_uid, uids.sop_instance_uid, size_bytes
         )
         if projected > self.settings.node.max_study_bytes:
-            return "study over max_study_bytes"
+            return _STUDY_TOO_LARGE
         try:
             free = shutil.disk_usage(self.spool.root).free
         except OSError as exc:

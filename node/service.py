@@ -5,9 +5,11 @@ process left half done and loads the model bundle once. It then starts the
 HL7 intake (with ``[hl7] enabled``), the storage SCP, the admin HTTP
 endpoint (with ``[http] enabled``), the study assembler, the analysis worker,
 one sender per destination and the retention housekeeper, each in its own
-thread. :meth:`NodeService.stop` stops the HTTP endpoint, then stops
-accepting associations and HL7 messages, lets the worker and senders finish
-what they hold, and leaves queued work in the job store for the next start.
+thread, and watches the model bundle folder (``[model] watch_bundle``) and
+the DICOM drop folder (``[dropfolder] enabled``). :meth:`NodeService.stop`
+stops the HTTP endpoint, then stops accepting associations and HL7 messages,
+lets the worker and senders finish what they hold, and leaves queued work in
+the job store for the next start.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ if TYPE_CHECKING:
     from hipfuse.inference.model.config import BundleConfig
     from hipfuse.integrations.hl7.service import HL7Service
     from hipfuse.integrations.hl7.store import HL7Store
+    from hipfuse.node.assembly import StudyAssembler
+    from hipfuse.node.bundle_watch import BundleWatcher
+    from hipfuse.node.dropfolder import DropFolderWatcher
     from hipfuse.node.http_endpoint import AdminEndpoint
     from hipfuse.node.jobstore import JobStore
     from hipfuse.node.metrics import NodeMetrics
     from hipfuse.node.scp import ScpServer
+    from hipfuse.node.sender import DestinationSender
+    from hipfuse.node.worker import AnalysisWorker
 
 log = structlog.get_logger(__name__)
 
@@ -53,12 +60,13 @@ class ServiceError(RuntimeError):
 def runtime_problems(settings: Settings) -> list[tuple[str, str]]:
     """Return settings that are valid but that this host cannot run, as (path, reason).
 
-    These are the TLS certificate, key and CA files: missing, unreadable,
-    not matching or expired.
+    These are the TLS certificate, key and CA files (missing, unreadable, not
+    matching or expired) and a drop folder that overlaps the data folder.
     """
+    from hipfuse.node.dropfolder import dropfolder_problems
     from hipfuse.node.tls import tls_problems
 
-    return tls_problems(settings)
+    return tls_problems(settings) + dropfolder_problems(settings)
 
 
 def resolve_bundle_dir(settings: Settings, override: Path | None = None) -> Path:
@@ -109,6 +117,12 @@ class NodeService:
         self.hl7: HL7Service | None = None
         self.metrics: NodeMetrics | None = None
         self.http: AdminEndpoint | None = None
+        # The running parts whose settings a reload (hipfuse.node.reload) changes.
+        self.assembler: StudyAssembler | None = None
+        self.worker: AnalysisWorker | None = None
+        self.senders: dict[str, DestinationSender] = {}
+        self.dropfolder: DropFolderWatcher | None = None
+        self.bundle_watcher: BundleWatcher | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wakes: list[Wakeup] = []
@@ -264,8 +278,12 @@ class NodeService:
             ) from error
         if metrics is not None:
             self._start_http(metrics, bundle.config)
+            worker.on_bundle_swapped = self._report_bundle
+
+        self._start_watchers(worker, bundle.config)
 
         interval = self.poll_interval_s
+        self.assembler, self.worker = assembler, worker
         self._spawn("assembler", assembler.run, interval)
         self._spawn("worker", worker.run, interval)
         for destination, wake in zip(settings.destinations, send_wakes, strict=True):
@@ -278,6 +296,7 @@ class NodeService:
                 wake=wake,
                 metrics=metrics,
             )
+            self.senders[destination.name] = sender
             self._spawn(f"sender-{destination.name}", sender.run, interval)
         housekeeper = Housekeeper(jobstore, data_dir, settings.storage, clock=self.clock)
         self._spawn("housekeeping", housekeeper.run, settings.storage.housekeeping_interval_s)
@@ -290,6 +309,7 @@ class NodeService:
             hl7_port=self.hl7.port if self.hl7 is not None else None,
             fhir=settings.fhir.enabled,
             http_port=self.http.port if self.http is not None else None,
+            dropfolder=str(settings.dropfolder.dir) if self.dropfolder is not None else None,
         )
 
     def _start_http(self, metrics: NodeMetrics, bundle_config: BundleConfig) -> None:
@@ -308,9 +328,7 @@ class NodeService:
         except OSError as error:
             self.scp.stop()
             self.scp = None
-            self._stop_hl7()
-            self._close_hl7_store()
-            self.jobstore.close()
+            self._abandon_start(self.jobstore)
             self.jobstore = None
             http = self.settings.http
             raise ServiceError(
@@ -318,6 +336,13 @@ class NodeService:
                 f"{error.strerror or error}; choose a free [http] port or another "
                 "bind_address, or set [http] enabled = false"
             ) from error
+
+    def _report_bundle(self, bundle_config: BundleConfig) -> None:
+        """Show a bundle the worker swapped to in /healthz and /metrics."""
+        if self.metrics is not None:
+            self.metrics.set_bundle(bundle_config)
+        if self.http is not None:
+            self.http.health.bundle_config = bundle_config
 
     def _abandon_start(self, jobstore: JobStore) -> None:
         """Undo a start that failed once the HL7 intake and both store connections were open."""
@@ -327,6 +352,35 @@ class NodeService:
             self._scp_store.close()
             self._scp_store = None
         jobstore.close()
+
+    def _start_watchers(self, worker: AnalysisWorker, bundle_config: BundleConfig) -> None:
+        """Start the drop folder (``[dropfolder] enabled``) and the bundle watcher."""
+        from hipfuse.node.bundle_watch import BundleWatcher
+        from hipfuse.node.dropfolder import DropFolderWatcher
+
+        settings = self.settings
+        if settings.model.watch_bundle:
+            self.bundle_watcher = BundleWatcher(
+                self.bundle_dir,
+                worker,
+                bundle_config,
+                device=_torch_device(settings.model.device),
+                settle_s=settings.model.watch_settle_s,
+            )
+            self.bundle_watcher.start()
+        if settings.dropfolder.enabled:
+            assert self.scp is not None and self.scp.storage_scp is not None
+            dropfolder = DropFolderWatcher(settings.dropfolder, self.scp.storage_scp)
+            try:
+                dropfolder.start()
+            except OSError as error:
+                self.stop()
+                raise ServiceError(
+                    f"dropfolder.dir {settings.dropfolder.dir} cannot be watched: "
+                    f"{error.strerror or error}; create it, make it writable for the node, "
+                    "or set [dropfolder] enabled = false"
+                ) from error
+            self.dropfolder = dropfolder
 
     def _start_hl7(self, data_dir: Path) -> None:
         """Open the HL7 store and start the MLLP listener when ``[hl7] enabled``."""
@@ -412,6 +466,10 @@ class NodeService:
         if self.scp is not None:
             self.scp.stop()
             self.scp = None
+        for watcher in (self.dropfolder, self.bundle_watcher):
+            if watcher is not None:
+                watcher.stop()
+        self.dropfolder = self.bundle_watcher = None
         # Stopped before the worker: no message is acknowledged that the store
         # cannot keep. The store stays open until the worker has finished.
         self._stop_hl7()

@@ -213,6 +213,37 @@ class AnalysisWorker:
         self.wake = wake
         self.on_results = on_results
         self.metrics = metrics
+        self._next_bundle: tuple[AnalyzeFunction, BundleConfig] | None = None
+        self._next_bundle_lock = threading.Lock()
+        # Told the new bundle after a swap (the health check and metrics).
+        self.on_bundle_swapped: Callable[[BundleConfig], None] | None = None
+
+    def swap_bundle(self, analyze: AnalyzeFunction, bundle_config: BundleConfig) -> None:
+        """Analyse with another bundle from the next study on.
+
+        A study already being analysed finishes with the current bundle, so
+        its outputs name the bundle that produced them. Safe to call from any thread.
+        """
+        with self._next_bundle_lock:
+            self._next_bundle = (analyze, bundle_config)
+
+    def _apply_next_bundle(self) -> None:
+        with self._next_bundle_lock:
+            next_bundle, self._next_bundle = self._next_bundle, None
+        if next_bundle is None:
+            return
+        old = self.bundle_config
+        self.analyze, self.bundle_config = next_bundle
+        if self.on_bundle_swapped is not None:
+            self.on_bundle_swapped(self.bundle_config)
+        log.info(
+            "bundle_swapped",
+            bundle=self.bundle_config.name,
+            version=self.bundle_config.version,
+            weights_sha256=self.bundle_config.weights_sha256,
+            previous_bundle=old.name,
+            previous_version=old.version,
+        )
 
     def run(self, stop: threading.Event, interval_s: float = 0.5) -> None:
         """Analyse studies until ``stop`` is set, waiting ``interval_s`` when none is complete.
@@ -243,7 +274,9 @@ class AnalysisWorker:
         """Analyse one study that this worker moved to ``analysing``.
 
         ``stop`` ends a wait for clinical text early and puts the study back.
+        A bundle passed to :meth:`swap_bundle` is taken up here, before the study starts.
         """
+        self._apply_next_bundle()
         uid = study.study_instance_uid
         selected = select_study_inputs(self.jobstore, uid)
         if selected.fingerprint is None or selected.fingerprint != study.input_fingerprint:

@@ -47,6 +47,7 @@ def service_settings() -> dict[str, list[str]]:
         ("Restart", "on-failure"),
         ("UMask", "0077"),
         ("Environment", "HIPFUSE_LOGGING__JSON=true"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
     ],
     ids=lambda item: item or "empty",
 )
