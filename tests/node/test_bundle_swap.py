@@ -178,13 +178,19 @@ def test_swap_waits_for_study_in_analysis(node: Node, bundles: Path) -> None:
         return serving_analyze(inputs)
 
     node.worker.analyze = analyze_while_swapping
+    reported = []
+    node.worker.on_bundle_swapped = reported.append
     node.radiograph_study()
     with structlog.testing.capture_logs() as logs:
         first_versions, first_captures = node.analyse_next()
+    reported_after_first = list(reported)
     node.radiograph_study()
     second_versions, second_captures = node.analyse_next()
 
     assert swaps == [SwapResult.SETTLING, SwapResult.SWAPPED]
+    # The health check and metrics hear of the new bundle when it starts serving.
+    assert reported_after_first == []
+    assert [config.version for config in reported] == ["0.0.2"]
     assert first_versions == {"0.0.1"}
     assert first_captures and all("hipfuse-test-untrained 0.0.1" in c for c in first_captures)
     assert second_versions == {"0.0.2"}
