@@ -30,6 +30,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -400,25 +401,30 @@ class AnalysisWorker:
         from hipfuse.inference.model.predict import model_compute_s
         from hipfuse.inference.types import InputError
 
-        try:
-            started = time.perf_counter()
-            result = self.analyze(inputs)
-        except InputError as error:
-            raise AnalysisFailedError(error.code, str(error)) from error
-        except Exception as error:  # a model or reader bug: fail this study, keep the node up
-            log.error("analysis_error", study_instance_uid=uid, **exception_log_fields(error))
-            raise AnalysisFailedError(
-                FailureCode.ANALYSIS_ERROR.value, exception_message(error)
-            ) from error
+        # The headers the outputs reference are read while the model runs,
+        # which spends most of its time in torch kernels that release the GIL.
+        with ThreadPoolExecutor(1, thread_name_prefix="hipfuse-sources") as pool:
+            sources_read = pool.submit(self._read_sources, uid, selected)
+            try:
+                started = time.perf_counter()
+                result = self.analyze(inputs)
+            except InputError as error:
+                raise AnalysisFailedError(error.code, str(error)) from error
+            except Exception as error:  # a model or reader bug: fail this study, keep the node up
+                log.error("analysis_error", study_instance_uid=uid, **exception_log_fields(error))
+                raise AnalysisFailedError(
+                    FailureCode.ANALYSIS_ERROR.value, exception_message(error)
+                ) from error
+            analysed_at = time.perf_counter()
+            sources = sources_read.result()
         timings = {
             "decode_s": inputs.decode_s,
-            "analysis_s": time.perf_counter() - started,
+            "analysis_s": analysed_at - started,
             "model_s": float(result.timings_s.get("total_s", 0.0)),
             "model_compute_s": model_compute_s(result.timings_s),
         }
 
-        started = time.perf_counter()
-        sources = self._read_sources(uid, selected)
+        started = analysed_at
         objects = self._write(uid, self._encoded(uid, self.encode_sr, result, selected, sources))
         timings["sr_encode_s"] = time.perf_counter() - started
         if self.destinations:
