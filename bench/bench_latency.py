@@ -22,6 +22,7 @@ not counted.
 Usage::
 
     .venv/bin/python bench/bench_latency.py [--preset default] [--runs 3] [--threads 2]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ SAMPLES = REPO / "samples"
 SENDER_AE = "DEMOSCU"
 
 
-def settings_text(data_dir: Path, port: int, receiver_port: int, hl7_port: int) -> str:
+def settings_text(data_dir: Path, port: int, receiver_port: int, hl7_port: int, device: str) -> str:
     """Node settings for the run: loopback only, early completion, fast retries."""
     return f"""
 [node]
@@ -54,6 +55,9 @@ name = "receiver"
 ae_title = "DEMOPACS"
 host = "127.0.0.1"
 port = {receiver_port}
+
+[model]
+device = "{device}"
 
 [study]
 quiet_period_s = 30.0
@@ -124,6 +128,9 @@ def main() -> None:
     parser.add_argument("--preset", default="default", choices=["default", "demo"])
     parser.add_argument("--runs", type=int, default=3, help="studies counted (default: 3)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument(
+        "--device", default="cpu", help="[model] device of the node: cpu, cuda, auto (default: cpu)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -145,7 +152,9 @@ def main() -> None:
         bundle_dir = build_bundle(args.preset, work / "bundle")
         receiver = ReceiverProcess(work / "received")
         config = work / "node.toml"
-        config.write_text(settings_text(work / "node", free_port(), receiver.port, free_port()))
+        config.write_text(
+            settings_text(work / "node", free_port(), receiver.port, free_port(), args.device)
+        )
         service = NodeService(load_settings(config), bundle_dir=bundle_dir, poll_interval_s=0.25)
         service.start()
         rows = []
@@ -189,7 +198,7 @@ def main() -> None:
             receiver.stop()
 
     ratios = [row["latency_s"] / row["model_compute_s"] for row in rows]
-    print(f"preset {args.preset}, {args.threads} threads, {len(rows)} studies")
+    print(f"preset {args.preset}, {args.device}, {args.threads} threads, {len(rows)} studies")
     print(f"median latency: {statistics.median(r['latency_s'] for r in rows):.2f} s")
     print(f"median model compute: {statistics.median(r['model_compute_s'] for r in rows):.2f} s")
     print(f"ratio latency / model compute: {statistics.median(ratios):.2f} (target 1.3 or lower)")
