@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hipfuse.node.audit import AuditEvent, AuditEventType, utc_iso
 from hipfuse.node.jobstore_audit import insert_audit
+from hipfuse.node.jobstore_core import JobStoreCore
 from hipfuse.node.jobstore_outbox import ResultObject
 from hipfuse.node.jobstore_records import (
     STUDY_COLUMNS,
@@ -88,52 +87,8 @@ _OUTBOX_FIELDS = (
 )
 
 
-class AdminMixin:
+class AdminMixin(JobStoreCore):
     """Resend and retry; needs the store's lock, connection, transitions and outbox."""
-
-    _db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _now(self, now: float | None) -> float:
-        raise NotImplementedError
-
-    @staticmethod
-    def _study_row(db: sqlite3.Connection, study_uid: str) -> StudyRecord | None:
-        raise NotImplementedError
-
-    if TYPE_CHECKING:
-        # Defined by JobStore, OutboxMixin and EventsAndJobsMixin.
-        def _checked_transition(
-            self,
-            db: sqlite3.Connection,
-            study: StudyRecord,
-            to_state: StudyState,
-            reason: str | None,
-            at: float,
-            details: dict[str, Any],
-        ) -> None: ...
-
-        def _insert_send(
-            self,
-            db: sqlite3.Connection,
-            study_uid: str,
-            fingerprint: str,
-            result: ResultObject,
-            destination: str,
-            at: float,
-        ) -> int: ...
-
-        @staticmethod
-        def _event(
-            db: sqlite3.Connection,
-            at: float,
-            event: str,
-            study_uid: str | None,
-            details: dict[str, Any],
-        ) -> None: ...
 
     def requeue_results(
         self,

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from typing import Any
 
 from hipfuse.node.audit import AuditEvent, AuditEventType
+from hipfuse.node.jobstore_core import JobStoreCore
 from hipfuse.node.states import FailureCode, StudyState
 
 _AUDIT_COLUMNS = (
@@ -252,17 +251,8 @@ def audit_from_event(
 # --------------------------------------------------------------------------- #
 
 
-class AuditMixin:
+class AuditMixin(JobStoreCore):
     """Methods on the ``audit_events`` table; needs the store's lock and connection."""
-
-    _db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _now(self, now: float | None) -> float:
-        raise NotImplementedError
 
     def record_audit(self, event: AuditEvent) -> int:
         """Append one audit row in its own transaction; return its id."""

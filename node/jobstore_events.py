@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from hipfuse.node.jobstore_audit import audit_from_event
+from hipfuse.node.jobstore_core import JobStoreCore
 from hipfuse.node.jobstore_records import (
     JOB_COLUMNS,
     EventRecord,
@@ -21,17 +20,8 @@ from hipfuse.node.jobstore_records import (
 from hipfuse.node.states import JobState
 
 
-class EventsAndJobsMixin:
+class EventsAndJobsMixin(JobStoreCore):
     """Methods on the ``events`` and ``jobs`` tables; needs the store's lock and connection."""
-
-    _db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _now(self, now: float | None) -> float:
-        raise NotImplementedError
 
     @staticmethod
     def _event(

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hipfuse.node.jobstore_core import JobStoreCore
 from hipfuse.node.jobstore_records import (
     StateConflictError,
     StudyNotFoundError,
@@ -95,43 +94,8 @@ def _item_from_row(row: tuple[Any, ...]) -> OutboxItem:
     )
 
 
-class OutboxMixin:
+class OutboxMixin(JobStoreCore):
     """Methods on the ``outbox`` table; needs the store's lock, connection and transitions."""
-
-    _db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _now(self, now: float | None) -> float:
-        raise NotImplementedError
-
-    @staticmethod
-    def _study_row(db: sqlite3.Connection, study_uid: str) -> StudyRecord | None:
-        raise NotImplementedError
-
-    def _checked_transition(
-        self,
-        db: sqlite3.Connection,
-        study: StudyRecord,
-        to_state: StudyState,
-        reason: str | None,
-        at: float,
-        details: dict[str, Any],
-    ) -> None:
-        raise NotImplementedError
-
-    if TYPE_CHECKING:
-        # Defined by EventsAndJobsMixin, which follows this class in JobStore's bases.
-        @staticmethod
-        def _event(
-            db: sqlite3.Connection,
-            at: float,
-            event: str,
-            study_uid: str | None,
-            details: dict[str, Any],
-        ) -> None: ...
 
     def record_results(
         self,

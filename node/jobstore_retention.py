@@ -18,16 +18,13 @@ again with the same inputs is recognised by its fingerprint and skipped as
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Set
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
 
 from hipfuse.node.audit import AuditEvent, AuditEventType
 from hipfuse.node.jobstore_audit import insert_audit
+from hipfuse.node.jobstore_core import JobStoreCore
 from hipfuse.node.states import JobState, StudyState
 
 
@@ -86,28 +83,8 @@ _PURGE_COLUMNS = (
 )
 
 
-class RetentionMixin:
+class RetentionMixin(JobStoreCore):
     """Methods on ``study_purges``; needs the store's lock and connection."""
-
-    _db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _now(self, now: float | None) -> float:
-        raise NotImplementedError
-
-    if TYPE_CHECKING:
-
-        @staticmethod
-        def _event(
-            db: sqlite3.Connection,
-            at: float,
-            event: str,
-            study_uid: str | None,
-            details: dict[str, Any],
-        ) -> None: ...
 
     def retention_candidates(self, finished_before: float, limit: int = 100) -> list[str]:
         """Return studies whose files may be deleted, longest finished first.
