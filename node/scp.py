@@ -59,6 +59,7 @@ from hipfuse.config.settings import Settings
 from hipfuse.node.audit import association_details, rejection_reason
 from hipfuse.node.header import HeaderError, read_header
 from hipfuse.node.jobstore import InstanceRecord, JobStore, StudyTooLargeError
+from hipfuse.node.scu import DUL_POLL_INTERVAL_S
 from hipfuse.node.series import is_node_output
 from hipfuse.node.spool import (
     InstanceUIDs,
@@ -95,10 +96,6 @@ _VERIFICATION_TRANSFER_SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndia
 # Error Comment (0000,0902) is LO: at most 64 characters.
 _ERROR_COMMENT_MAX = 64
 _STUDY_LOCK_STRIPES = 64
-# Seconds pynetdicom's upper layer sleeps between polls of an idle association.
-# 0.1 ms instead of its 1 ms almost halves the time a 300-slice CT takes to
-# arrive, for a few per cent of a core while an association stays open idle.
-DUL_POLL_INTERVAL_S = 0.0001
 # The A700 reason that storing the same instance again later cannot resolve.
 _STUDY_TOO_LARGE = "study over max_study_bytes"
 
@@ -288,8 +285,7 @@ class StorageSCP:
         raw_socket = event.assoc.dul.socket.socket
         if raw_socket is not None:
             raw_socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # NOTE: a private attribute of pynetdicom's DULServiceProvider (1 ms by
-        # default; the version is pinned below 4). Measured with bench_ingest.py.
+        # The same private pynetdicom attribute the SCU sets (hipfuse.node.scu).
         event.assoc.dul._run_loop_delay = DUL_POLL_INTERVAL_S
 
     def handle_association_requested(self, event: Event) -> None:

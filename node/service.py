@@ -51,7 +51,7 @@ DEFAULT_BUNDLE_DIR = Path("bundles/demo")
 # running after that is redone at the next start.
 DEFAULT_STOP_TIMEOUT_S = 30.0
 # Least seconds between two assembler runs that stored instances start.
-ASSEMBLY_WAKE_SPACING_S = 0.05
+ASSEMBLY_WAKE_SPACING_S = 0.02
 
 
 class ServiceError(RuntimeError):
