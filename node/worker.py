@@ -2,7 +2,7 @@
 
 For each study it claims (``complete → analysing``) the worker
 
-1. selects the inputs again from the stored headers (:mod:`hipfuse.node.series`,
+1. selects the inputs again from the stored headers (:mod:`hipfuse.node.study_inputs`,
    the node's own outputs are never inputs) and checks that their fingerprint
    is the one assembly recorded and that it was not analysed before,
 2. reads the radiograph and CT series from the spool, gathers the clinical
@@ -37,21 +37,18 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from hipfuse.node.assembly import classify_study
 from hipfuse.node.encode import DeviceIdentity, build_secondary_captures, build_sr
 from hipfuse.node.exception_text import exception_log_fields, exception_message
 from hipfuse.node.jobstore import (
     JobStore,
     ResultObject,
     StateConflictError,
-    StoredInstance,
     StudyRecord,
-    input_fingerprint,
 )
 from hipfuse.node.metrics import NodeMetrics, StudyOutcome
 from hipfuse.node.outbox import OutboxFolder, result_uid
-from hipfuse.node.series import InputRole, select_inputs
 from hipfuse.node.states import FailureCode, JobKind, SkipReason, StudyState
+from hipfuse.node.study_inputs import SelectedInputs, read_study_inputs, select_study_inputs
 from hipfuse.node.wakeup import Wakeup
 
 if TYPE_CHECKING:
@@ -83,22 +80,6 @@ class AnalysisFailedError(Exception):
 
 
 @dataclass(frozen=True)
-class SelectedInputs:
-    """The spooled instances chosen as one study's model inputs."""
-
-    fingerprint: str | None
-    radiograph: StoredInstance | None = None
-    ct_series_instance_uid: str | None = None
-    ct_slices: tuple[StoredInstance, ...] = ()
-
-    @property
-    def instances(self) -> list[StoredInstance]:
-        """Every input instance: the radiograph first, then the CT slices."""
-        first = [self.radiograph] if self.radiograph is not None else []
-        return [*first, *self.ct_slices]
-
-
-@dataclass(frozen=True)
 class AnalysisOutcome:
     """Outcome of one claimed study: its new state, reason, job and result objects."""
 
@@ -108,57 +89,6 @@ class AnalysisOutcome:
     job_id: int | None = None
     objects: tuple[ResultObject, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
-
-
-def select_study_inputs(jobstore: JobStore, study_uid: str) -> SelectedInputs:
-    """Select a study's inputs from its stored instances, as assembly does.
-
-    A radiograph series with several images contributes every image to the
-    fingerprint, but only its first received image is analysed.
-    """
-    # NOTE: the model takes one radiograph; the others of the series only
-    # count towards the fingerprint.
-    instances = jobstore.list_instances(study_uid)
-    selected = select_inputs(classify_study(instances))
-    if not selected:
-        return SelectedInputs(fingerprint=None)
-    by_uid = {instance.sop_instance_uid: instance for instance in instances}
-    fingerprint = input_fingerprint(
-        sop for chosen in selected.values() for sop in chosen.sop_instance_uids
-    )
-    radiograph = None
-    if InputRole.RADIOGRAPH in selected:
-        radiograph = by_uid[selected[InputRole.RADIOGRAPH].sop_instance_uids[0]]
-    ct_series_uid = None
-    ct_slices: tuple[StoredInstance, ...] = ()
-    if InputRole.CT in selected:
-        chosen = selected[InputRole.CT]
-        ct_series_uid = chosen.series_instance_uid
-        ct_slices = tuple(by_uid[sop] for sop in chosen.sop_instance_uids)
-    return SelectedInputs(fingerprint, radiograph, ct_series_uid, ct_slices)
-
-
-def read_study_inputs(selected: SelectedInputs) -> StudyInputs:
-    """Decode the selected radiograph and CT series from the spool.
-
-    Raises
-    ------
-    InputError
-        From the radiograph or CT reader.
-    """
-    from hipfuse.inference.pipeline import StudyInputs
-    from hipfuse.inference.readers.ct import read_ct_series
-    from hipfuse.inference.readers.radiograph import read_radiograph
-
-    started = time.perf_counter()
-    radiograph = read_radiograph(selected.radiograph.path) if selected.radiograph else None
-    ct = None
-    if selected.ct_slices:
-        ct = read_ct_series(
-            [instance.path for instance in selected.ct_slices], selected.ct_series_instance_uid
-        )
-    # The worker adds the clinical text once it has gathered it.
-    return StudyInputs(radiograph, ct, None, decode_s=time.perf_counter() - started)
 
 
 class AnalysisWorker:

@@ -25,7 +25,8 @@ from hipfuse.node.jobstore import JobStore
 from hipfuse.node.outbox import OutboxFolder, result_uid
 from hipfuse.node.spool import Spool
 from hipfuse.node.states import JobKind, JobState, SkipReason, StudyState
-from hipfuse.node.worker import AnalysisWorker, select_study_inputs
+from hipfuse.node.study_inputs import select_study_inputs
+from hipfuse.node.worker import AnalysisWorker
 
 SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
