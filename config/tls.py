@@ -41,14 +41,19 @@ class NodeTLSSettings(Section):
     def _check_files(self) -> NodeTLSSettings:
         if not self.enabled:
             return self
-        if self.cert_file is None:
-            raise SettingsKeyError("cert_file", "is required with enabled = true")
-        if self.key_file is None:
-            raise SettingsKeyError("key_file", "is required with enabled = true")
+        missing = [key for key in ("cert_file", "key_file") if getattr(self, key) is None]
         if self.require_client_certificate and self.ca_file is None:
-            raise SettingsKeyError(
-                "ca_file",
-                "is required with require_client_certificate = true, to verify the "
-                "certificates of the peers that send",
-            )
-        return self
+            # The CA file verifies the certificates of the peers that send.
+            missing.append("ca_file")
+        if not missing:
+            return self
+        # One error can name one key: the first, with the others in its message.
+        reason = (
+            "is required with enabled = true"
+            if missing[0] != "ca_file"
+            else "is required with require_client_certificate = true, to verify the "
+            "certificates of the peers that send"
+        )
+        if len(missing) > 1:
+            reason += f" (also missing: {', '.join(missing[1:])})"
+        raise SettingsKeyError(missing[0], reason)

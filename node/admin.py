@@ -294,10 +294,16 @@ def _destination_names(
     return configured
 
 
+# How a send job's state reads in "was ... after N attempts".
+_STATE_WORDS = {"succeeded": "sent", "failed": "failed", "pending": "queued", "running": "sending"}
+
+
 def _was(send: RequeuedSend) -> str:
     if send.previous_state is None:
         return "new for this destination"
-    text = f"was {send.previous_state.value} after {send.previous_attempts} attempt(s)"
+    attempts = send.previous_attempts
+    state = _STATE_WORDS.get(send.previous_state.value, send.previous_state.value)
+    text = f"was {state} after {attempts} attempt{'' if attempts == 1 else 's'}"
     return f"{text}: {send.previous_error}" if send.previous_error else text
 
 

@@ -388,19 +388,31 @@ def _report(
         print(f"    attention: {attention_line(finding.attention)}")
     for comment in read_comments(sr):
         print(f"  comment: {comment}")
+    worker = service.worker
+    if worker is not None and worker.bundle_config.intended_use.value == "demo":
+        print(
+            "  The demo bundle was trained on simulated images: on this real study its "
+            "findings show that the path works, not what the hips have."
+        )
     print(f"Grad-CAM overlays received ({len(overlays)} Secondary Capture images):")
     for path in overlays:
         print(f"  {path}")
 
     latency = study_latency(jobstore, study.study_instance_uid)
     if latency is not None:
+        before_sr = sum(
+            latency[name]
+            for name in ("waited_s", "decode_s", "text_wait_s", "analysis_s", "sr_encode_s")
+        )
         print(
             f"latency: {latency['latency_s']:.2f} s from the last instance received to the SR "
-            f"stored at the receiver, of which {DEMO_QUIET_PERIOD_S:g} s quiet period and "
-            f"{latency['duration_s']:.2f} s in the worker (decode {latency['decode_s']:.2f} s, "
-            f"wait for clinical text {latency['text_wait_s']:.2f} s, "
-            f"analysis {latency['analysis_s']:.2f} s with {latency['model_s']:.3f} s in the "
-            f"network, encode {latency['encode_s']:.2f} s)"
+            f"stored at the receiver: {latency['waited_s']:.2f} s until the analysis started "
+            f"({DEMO_QUIET_PERIOD_S:g} s of it the quiet period), decode "
+            f"{latency['decode_s']:.2f} s, wait for clinical text {latency['text_wait_s']:.2f} s, "
+            f"analysis {latency['analysis_s']:.2f} s ({latency['model_compute_s']:.3f} s of it "
+            f"in the networks), SR encoding {latency['sr_encode_s']:.2f} s, sending "
+            f"{max(latency['latency_s'] - before_sr, 0.0):.2f} s; the Secondary Captures "
+            "followed"
         )
     if config is not None:
         print(f"node settings: {config} (try hipfuse-node status --config {config})")

@@ -451,8 +451,10 @@ def read_file_meta(data: bytes) -> FileMeta:
             BytesIO(data), stop_before_pixels=True, specific_tags=["SOPClassUID"], force=False
         )
     except InvalidDicomError as error:
+        # pydicom's message ends with advice for its own callers ("Use force=True").
         raise _FileRejectedError(
-            f"not a DICOM Part 10 file (no 128-byte preamble and DICM prefix): {error}"
+            "not a DICOM Part 10 file (no 128-byte preamble and DICM prefix); export the "
+            "study as DICOM files with File Meta Information"
         ) from error
     # pydicom raises many unrelated types for malformed input (see hipfuse.node.header).
     except Exception as error:

@@ -19,6 +19,10 @@ class JobStoreError(RuntimeError):
 class StudyNotFoundError(JobStoreError, KeyError):
     """No study with the given Study Instance UID."""
 
+    def __str__(self) -> str:
+        # KeyError's str() quotes its argument, which would quote the whole message.
+        return str(self.args[0]) if self.args else ""
+
 
 class IllegalTransitionError(JobStoreError, ValueError):
     """A state change that :data:`TRANSITIONS` does not allow."""

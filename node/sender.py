@@ -32,6 +32,7 @@ from hipfuse.config.settings import Destination, NodeSettings, SendSettings
 from hipfuse.node.jobstore import JobStore, OutboxItem
 from hipfuse.node.metrics import NodeMetrics
 from hipfuse.node.scu import AssociationError, FileToStore, Peer, StoreOutcome, store_files
+from hipfuse.node.states import StudyState
 from hipfuse.node.tls import ClientTLS
 from hipfuse.node.wakeup import Wakeup
 
@@ -136,7 +137,8 @@ class DestinationSender:
         for study_uid in studies:
             state = self.jobstore.settle_study_sends(study_uid)
             if state is not None:
-                log.info(f"study_{state.value}", study_instance_uid=study_uid)
+                level = log.error if state is StudyState.FAILED else log.info
+                level(f"study_{state.value}", study_instance_uid=study_uid)
         return len(items)
 
     def _send(self, items: Sequence[OutboxItem]) -> dict[int, str | None]:

@@ -190,7 +190,6 @@ class NodeService:
         self.jobstore = jobstore
         self._recover(jobstore)
 
-        started = time.perf_counter()
         try:
             bundle = load_bundle(self.bundle_dir, device=_torch_device(settings.model.device))
         except BundleError as error:
@@ -200,14 +199,7 @@ class NodeService:
                 "(set [model] bundle_dir, or build the demo bundle with "
                 "hipfuse-train demo-bundle --out bundles/demo)"
             ) from error
-        log.info(
-            "bundle_loaded",
-            bundle=bundle.config.name,
-            version=bundle.config.version,
-            intended_use=bundle.config.intended_use.value,
-            device=str(bundle.device),
-            load_s=round(time.perf_counter() - started, 3),
-        )
+        # load_bundle logs bundle_loaded with name, version, device and load time.
 
         names = [destination.name for destination in settings.destinations]
         metrics = None

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -329,6 +330,7 @@ def load_bundle(path: Path | str, device: torch.device | str | None = None) -> B
     BundleError
         For every check that fails; the message names the file and the problem.
     """
+    started = time.perf_counter()
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -389,5 +391,6 @@ def load_bundle(path: Path | str, device: torch.device | str | None = None) -> B
         version=config.version,
         intended_use=config.intended_use.value,
         device=str(target),
+        load_s=round(time.perf_counter() - started, 3),
     )
     return Bundle(config=config, model=model, device=target, path=bundle_dir)

@@ -100,10 +100,9 @@ def find_radiograph_hips(
         result.warnings.append(
             InputWarning(
                 RegionIssueCode.CROP_SIZE_FROM_ANATOMY,
-                f"pixel spacing is unknown, so each {crop_mm:g} mm hip crop was sized as "
-                f"{crop_mm / REFERENCE_INTER_HIP_MM:.3f} of the distance between the hip "
-                f"centres ({landmarks.inter_hip_px:.0f} pixels, taken as "
-                f"{REFERENCE_INTER_HIP_MM:g} mm): {side_px[1]:.0f} pixels.",
+                f"pixel spacing is unknown, so the hip centres, {landmarks.inter_hip_px:.0f} "
+                f"pixels apart, were taken as {REFERENCE_INTER_HIP_MM:g} mm apart, and each "
+                f"{crop_mm:g} mm hip crop is {side_px[1]:.0f} pixels wide",
             )
         )
 

@@ -91,7 +91,11 @@ _DESTINATION = '[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport =
 @pytest.mark.parametrize(
     ("path", "text", "reason"),
     [
-        ("node.tls.cert_file", "[node.tls]\nenabled = true", "required with enabled = true"),
+        (
+            "node.tls.cert_file",
+            "[node.tls]\nenabled = true",
+            "required with enabled = true (also missing: key_file, ca_file)",
+        ),
         (
             "node.tls.key_file",
             '[node.tls]\nenabled = true\ncert_file = "c.pem"',

@@ -50,7 +50,7 @@ def test_resend_stores_same_uids_twice(tmp_path: Path, capsys) -> None:
     assert pacs.sop_uids() == uids + uids
     assert {calling for _, _, calling in pacs.received} == {"HIPFUSE"}
     for uid in uids:
-        assert f"queued {uid} -> pacs (was succeeded after 1 attempt(s))" in output
+        assert f"queued {uid} -> pacs (was sent after 1 attempt)" in output
     assert "2 item(s) queued for pacs; study state sending" in output
     assert len(resend_rows) == 1
     assert resend_rows[0].sop_instance_uids == tuple(uids)
@@ -212,7 +212,7 @@ def test_resend_replaces_waiting_retry(tmp_path: Path, capsys) -> None:
 
         [item] = store.list_outbox()
         jobs = {job.job_id: job for job in store.list_jobs(STUDY)}
-    assert "(was pending after 1 attempt(s): timed out)" in capsys.readouterr().out
+    assert "(was queued after 1 attempt: timed out)" in capsys.readouterr().out
     assert item.job_id != claimed.job_id
     assert (item.state, item.attempts) == (JobState.PENDING, 0)
     assert item.next_attempt_at < retry_at

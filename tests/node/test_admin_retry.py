@@ -87,7 +87,7 @@ def test_retry_failed_requeues_sends_and_analyses(tmp_path: Path, capsys) -> Non
     assert status == 0
     uid = written[0].sop_instance_uid
     assert (
-        f"queued send {uid} of study 1.2.3 -> pacs (was failed after 2 attempt(s): "
+        f"queued send {uid} of study 1.2.3 -> pacs (was failed after 2 attempts: "
         "PACS@127.0.0.1:11113 could not be reached (connection refused))"
     ) in output
     assert "queued analysis of study 4.5 (failed: hip_not_found)" in output

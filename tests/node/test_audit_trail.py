@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -213,6 +214,23 @@ def test_export_csv_parsed_back(filled_node: Path, tmp_path: Path) -> None:
     assert sent["destination"] == "pacs"
     assert sent["sop_instance_uids"] == analysed["sop_instance_uids"].split(" ")[0]
     assert sent["time"] == "1970-01-01T00:50:00.000Z"
+
+
+def test_export_to_closed_pipe_ends_quietly(filled_node: Path) -> None:
+    # As in "hipfuse-node audit export | head -1" once head has exited.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    result = subprocess.run(
+        [sys.executable, "-m", "hipfuse.node.cli", "audit", "export", "--config", str(filled_node)],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(write_end)
+
+    assert result.returncode == 0
+    assert "Traceback" not in result.stderr
 
 
 def test_export_jsonl_to_stdout_with_window(filled_node: Path) -> None:
