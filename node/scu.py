@@ -16,6 +16,7 @@ import argparse
 import socket
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -111,6 +112,8 @@ class StoreOutcome:
     path: Path
     status: int | None
     error: str | None = None
+    # Seconds from the start of store_files to this response (None without one).
+    elapsed_s: float | None = None
 
     @property
     def stored(self) -> bool:
@@ -239,6 +242,7 @@ def store_files(peer: Peer, files: Sequence[FileToStore]) -> list[StoreOutcome]:
     ValueError
         The files need more than 128 presentation contexts.
     """
+    started = time.monotonic()
     if not files:
         return []
     pairs = sorted({(item.sop_class_uid, item.transfer_syntax_uid) for item in files})
@@ -280,12 +284,13 @@ def store_files(peer: Peer, files: Sequence[FileToStore]) -> list[StoreOutcome]:
                 )
                 continue
             status = int(response.Status)
+            elapsed_s = time.monotonic() - started
             error = None
             if status_category(status) is StoreStatusCategory.FAILURE:
                 comment = str(response.get("ErrorComment", "")).strip()
                 error = f"{peer.describe()} returned C-STORE status 0x{status:04X}"
                 error += f" ({comment})" if comment else ""
-            outcomes.append(StoreOutcome(item.path, status, error))
+            outcomes.append(StoreOutcome(item.path, status, error, elapsed_s))
     finally:
         if association.is_established:
             association.release()

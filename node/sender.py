@@ -131,7 +131,11 @@ class DestinationSender:
         outcomes = self._send(items)
         studies = []
         for item in items:
-            self._record(item, outcomes[item.job_id], started_at)
+            error, elapsed_s = outcomes[item.job_id]
+            # A stored item counts as sent when its response came, not when the
+            # association's release ended.
+            sent_at = started_at + elapsed_s if elapsed_s is not None else None
+            self._record(item, error, started_at, sent_at)
             if item.study_instance_uid not in studies:
                 studies.append(item.study_instance_uid)
         for study_uid in studies:
@@ -141,27 +145,33 @@ class DestinationSender:
                 level(f"study_{state.value}", study_instance_uid=study_uid)
         return len(items)
 
-    def _send(self, items: Sequence[OutboxItem]) -> dict[int, str | None]:
-        """Send the items; return each job id's error, or ``None`` when stored."""
-        errors: dict[int, str | None] = {}
+    def _send(self, items: Sequence[OutboxItem]) -> dict[int, tuple[str | None, float | None]]:
+        """Send the items; return each job id's error (``None`` when stored) and response time.
+
+        The response time is in seconds from the start of the sending, ``None``
+        where no response came.
+        """
+        errors: dict[int, tuple[str | None, float | None]] = {}
         files: list[tuple[OutboxItem, FileToStore]] = []
         for item in items:
             try:
                 files.append((item, FileToStore.from_path(item.path)))
             except OSError as error:
-                errors[item.job_id] = f"result file {item.path} cannot be read: {error.strerror}"
+                message = f"result file {item.path} cannot be read: {error.strerror}"
+                errors[item.job_id] = (message, None)
             except InvalidDicomError as error:
-                errors[item.job_id] = f"result file {item.path} is not a DICOM file: {error}"
+                message = f"result file {item.path} is not a DICOM file: {error}"
+                errors[item.job_id] = (message, None)
         if not files:
             return errors
         try:
             outcomes = self.store(self.peer, [file for _, file in files])
         except AssociationError as error:
-            return errors | {item.job_id: str(error) for item, _ in files}
+            return errors | {item.job_id: (str(error), None) for item, _ in files}
         except Exception as error:  # a pynetdicom or encoding error: retried like a failure
             log.exception("send_error", destination=self.destination.name, items=len(files))
             message = f"sending failed: {type(error).__name__}: {error}"
-            return errors | {item.job_id: message for item, _ in files}
+            return errors | {item.job_id: (message, None) for item, _ in files}
         for (item, _), outcome in zip(files, outcomes, strict=True):
             if outcome.stored and outcome.status != 0:
                 log.warning(
@@ -170,10 +180,12 @@ class DestinationSender:
                     sop_instance_uid=item.sop_instance_uid,
                     status=f"0x{outcome.status:04X}",
                 )
-            errors[item.job_id] = None if outcome.stored else outcome.error
+            errors[item.job_id] = (None if outcome.stored else outcome.error, outcome.elapsed_s)
         return errors
 
-    def _record(self, item: OutboxItem, error: str | None, started_at: float) -> None:
+    def _record(
+        self, item: OutboxItem, error: str | None, started_at: float, sent_at: float | None
+    ) -> None:
         ids = {
             "study_instance_uid": item.study_instance_uid,
             "sop_instance_uid": item.sop_instance_uid,
@@ -182,7 +194,9 @@ class DestinationSender:
             "attempt": item.attempts,
         }
         if error is None:
-            self.jobstore.finish_job(item.job_id, succeeded=True, started_at=started_at)
+            self.jobstore.finish_job(
+                item.job_id, succeeded=True, started_at=started_at, now=sent_at
+            )
             log.info("result_sent", **ids, sop_class_uid=item.sop_class_uid)
             return
         if item.attempts >= self.settings.max_attempts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -76,6 +77,17 @@ def sender(store: JobStore, fake, clock: FakeClock, port: int = 11113) -> Destin
     return DestinationSender(destination, store, SEND, NODE, store=fake, clock=clock)
 
 
+class TimedStore(FakeStore):
+    """Answers file ``i`` ``i + 1`` seconds after the sending began."""
+
+    def __call__(self, peer: Peer, files: list[FileToStore]) -> list[StoreOutcome]:
+        outcomes = super().__call__(peer, files)
+        return [
+            dataclasses.replace(outcome, elapsed_s=float(index + 1))
+            for index, outcome in enumerate(outcomes)
+        ]
+
+
 @pytest.mark.parametrize(
     ("attempts", "delay_s"),
     [(1, 10.0), (2, 20.0), (3, 25.0), (1000, 25.0)],
@@ -144,6 +156,15 @@ def test_sender_sends_after_destination_returns(store: JobStore, tmp_path: Path,
 
     assert [item.state for item in store.list_outbox()] == [JobState.SUCCEEDED] * 2
     assert store.get_study(STUDY).state is StudyState.DONE
+
+
+def test_sender_records_each_result_at_its_response(store: JobStore, tmp_path: Path, clock) -> None:
+    queue_results(store, tmp_path)
+    sender(store, TimedStore(), clock).run_once()
+
+    # The fake clock stands still, so each time is 1000 s plus the response's offset.
+    times = sorted(item.updated_at for item in store.list_outbox())
+    assert times == [1001.0, 1002.0, 1003.0]
 
 
 @pytest.mark.parametrize(
