@@ -36,8 +36,7 @@ class AucEstimate:
     variance
         DeLong variance of ``auc``.
     ci_low, ci_high
-        Normal interval ``auc ± z · sqrt(variance)`` clipped to ``[0, 1]``, as
-        pROC's ``ci.auc(method = "delong")`` computes it.
+        Normal interval ``auc ± z · sqrt(variance)`` clipped to ``[0, 1]``.
     n_positive, n_negative
         Cases with and without the outcome.
     reason
@@ -156,8 +155,8 @@ def delong_auc(
     is_positive
         Boolean outcome per case.
     scores
-        Score per case; higher means more likely positive (no automatic
-        direction, unlike pROC's ``roc()`` default).
+        Score per case; higher means more likely positive. The direction is
+        never flipped to make the AUC exceed one half.
     confidence_level
         Coverage of the interval.
     """
@@ -232,7 +231,7 @@ def _comparison_from_components(
     variance = float(np.sum(difference_components**2))
     nan = float("nan")
     if difference == 0.0 and variance == 0.0:
-        # pROC's roc.test returns Z = 0 and p = 1 for identical curves.
+        # Identical curves: report no difference (Z = 0, p = 1) instead of 0 / 0.
         return DeLongComparison(theta_first, theta_second, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, None)
     if variance <= 0.0:
         return DeLongComparison(
@@ -273,8 +272,8 @@ def delong_test(
 ) -> DeLongComparison:
     """Compare two correlated AUCs on the same cases with DeLong's paired test.
 
-    The result matches pROC's ``roc.test(roc1, roc2, method = "delong")`` for
-    two curves with the direction ``controls < cases``.
+    ``z`` is the difference over its DeLong standard error and ``p_value`` is
+    two-sided; higher scores mean more likely positive for both.
     """
     is_positive = np.asarray(is_positive, dtype=bool)
     m = int(is_positive.sum())

@@ -1,10 +1,8 @@
 """DeLong AUC variance, interval and paired test.
 
-Reference values come from pROC's own test suite (github.com/xrobin/pROC,
-tests/testthat/test-var.R, test-ci.auc.R and test-roc.test.R) on pROC's
-``aSAH`` data set (Turck et al., Intensive Care Med 2010;36:107-115). There
-``r.wfns``, ``r.s100b`` and ``r.ndka`` are ``roc(aSAH$outcome, marker)``, and
-pROC's automatic direction is ``controls < cases`` for all three.
+Reference values are worked by hand from the placement values of DeLong's
+method, or computed in the test from explicit pairwise kernels, independently
+of the fast rank-based implementation.
 """
 
 import numpy as np
@@ -14,149 +12,64 @@ from scipy import stats
 from hipfuse.training import delong
 from hipfuse.training.metrics import UndefinedReason
 
-# pROC's aSAH rows in data-set order: outcome, wfns, s100b, ndka. The values
-# reproduce pROC's published AUCs and DeLong variances to 1e-12 (tests below),
-# which checks the transcription.
-ASAH_ROWS = """
-    Good 1 0.13 3.01 | Good 1 0.14 8.54 | Good 1 0.10 8.09 | Good 1 0.04 10.42
-    Poor 3 0.13 17.40 | Poor 2 0.10 12.75 | Good 5 0.47 6.00 | Poor 4 0.16 13.20
-    Good 1 0.18 15.54 | Good 2 0.10 6.01 | Poor 5 0.12 15.96 | Good 2 0.10 17.86
-    Poor 5 0.44 5.18 | Poor 5 0.71 8.90 | Good 1 0.04 13.41 | Good 2 0.08 20.75
-    Poor 5 0.49 11.60 | Good 2 0.04 16.11 | Poor 2 0.07 32.37 | Poor 5 0.33 54.82
-    Poor 2 0.09 32.41 | Good 1 0.09 49.94 | Poor 1 0.07 40.34 | Good 1 0.11 9.47
-    Good 1 0.07 6.29 | Good 2 0.17 12.53 | Good 1 0.07 6.54 | Good 2 0.11 6.30
-    Good 1 0.13 80.30 | Good 1 0.19 12.80 | Good 3 0.05 9.80 | Good 4 0.16 9.81
-    Poor 2 0.41 9.85 | Good 1 0.14 18.21 | Good 4 0.34 5.03 | Poor 5 0.35 14.04
-    Poor 4 0.48 21.93 | Good 1 0.09 8.02 | Poor 4 0.96 7.42 | Poor 2 0.25 8.38
-    Good 5 0.50 6.59 | Good 5 0.46 9.63 | Good 1 0.16 13.12 | Good 1 0.07 7.96
-    Good 2 0.43 14.34 | Good 4 0.45 41.43 | Good 1 0.11 7.63 | Good 1 0.08 7.06
-    Good 2 0.09 12.59 | Poor 5 0.86 13.56 | Poor 5 0.52 3.87 | Good 2 0.08 9.44
-    Good 1 0.06 7.66 | Good 2 0.13 12.98 | Poor 5 2.07 419.19 | Good 1 0.10 27.19
-    Good 2 0.14 22.27 | Good 2 0.15 9.95 | Poor 2 0.07 21.22 | Good 1 0.06 11.73
-    Poor 5 0.77 10.40 | Good 1 0.05 58.83 | Good 1 0.09 6.39 | Poor 2 0.30 11.09
-    Poor 5 0.03 12.22 | Poor 2 0.09 13.67 | Good 1 0.04 17.21 | Poor 4 0.23 22.63
-    Poor 5 0.70 12.90 | Good 2 0.09 9.70 | Poor 4 0.27 21.57 | Poor 4 0.71 8.23
-    Poor 1 0.08 72.57 | Poor 4 0.26 15.54 | Good 1 0.08 10.51 | Good 2 0.16 10.60
-    Good 1 0.09 14.57 | Poor 4 0.13 5.19 | Poor 2 0.10 9.63 | Good 1 0.08 4.61
-    Poor 2 0.11 21.48 | Good 3 0.33 17.30 | Good 2 0.11 12.71 | Good 4 0.28 9.44
-    Good 2 0.07 11.07 | Good 1 0.10 19.46 | Good 4 0.32 10.83 | Poor 5 0.22 5.37
-    Good 1 0.07 11.97 | Good 1 0.05 7.75 | Good 5 0.24 9.83 | Good 4 0.38 10.55
-    Good 2 0.10 28.49 | Good 2 0.15 8.53 | Good 1 0.08 12.57 | Good 1 0.14 12.90
-    Good 1 0.10 46.83 | Good 3 0.07 11.68 | Good 1 0.04 12.67 | Good 2 0.19 9.01
-    Poor 5 0.56 9.57 | Poor 2 0.14 34.06 | Poor 2 0.58 11.72 | Poor 5 0.32 14.26
-    Poor 5 0.82 47.61 | Poor 5 0.74 11.67 | Good 2 0.15 24.58 | Good 4 0.47 10.33
-    Good 4 0.17 13.87 | Poor 5 0.44 15.89 | Good 1 0.15 22.43 | Good 1 0.50 6.79
-    Good 1 0.48 13.45
-"""
-
-
-def _load_asah():
-    records = [r.split() for r in ASAH_ROWS.replace("\n", "|").split("|") if r.strip()]
-    poor = np.array([r[0] == "Poor" for r in records])
-    markers = {
-        name: np.array([float(r[column]) for r in records])
-        for column, name in ((1, "wfns"), (2, "s100b"), (3, "ndka"))
-    }
-    return poor, markers
-
-
-POOR, MARKERS = _load_asah()
 Z_95 = stats.norm.ppf(0.975)
 
-
-def test_asah_has_proc_counts():
-    assert POOR.size == 113
-    assert POOR.sum() == 41
-
-
-# marker, AUC (roc.test estimates and test-auc.R), DeLong variance (test-var.R)
-PROC_VARIANCES = {
-    "wfns": ("wfns", 0.823678861788618, 0.00146991470882363),
-    "ndka": ("ndka", 0.611957994579946, 0.0031908105493913),
-    "s100b": ("s100b", None, 0.00266868245717244),
+# Worked by hand. Positives 0.9, 0.6, 0.4 and negatives 0.5, 0.2 give the
+# placement values V10 = (1, 1, 1/2) and V01 = (2/3, 1), so AUC = 5/6,
+# S10 = 1/12, S01 = 1/18 and the variance is S10 / 3 + S01 / 2 = 1/18.
+# With 0.6 replaced by 0.5 (a tie, counted one half), V10 = (1, 3/4, 1/2) and
+# V01 = (1/2, 1), so AUC = 3/4, S10 = 1/16, S01 = 1/8 and the variance is 1/12.
+HAND_CASES = {
+    "no_ties": ([0.9, 0.6, 0.4, 0.5, 0.2], 5 / 6, 1 / 18),
+    "one_tie": ([0.9, 0.5, 0.4, 0.5, 0.2], 3 / 4, 1 / 12),
 }
+HAND_OUTCOME = np.array([True, True, True, False, False])
 
 
-@pytest.mark.parametrize(
-    ("marker", "auc", "variance"), PROC_VARIANCES.values(), ids=PROC_VARIANCES.keys()
-)
-def test_delong_variance_matches_proc(marker, auc, variance):
-    estimate = delong.delong_auc(POOR, MARKERS[marker])
+@pytest.mark.parametrize(("scores", "auc", "variance"), HAND_CASES.values(), ids=HAND_CASES.keys())
+def test_delong_variance_hand_worked(scores, auc, variance):
+    estimate = delong.delong_auc(HAND_OUTCOME, np.array(scores))
 
-    assert estimate.variance == pytest.approx(variance, rel=1e-10)
-    if auc is not None:
-        assert estimate.auc == pytest.approx(auc, rel=1e-12)
-    assert estimate.n_positive == 41
-    assert estimate.n_negative == 72
+    assert estimate.auc == pytest.approx(auc, rel=1e-12)
+    assert estimate.variance == pytest.approx(variance, rel=1e-12)
+    assert estimate.n_positive == 3
+    assert estimate.n_negative == 2
 
 
-def test_delong_ci_matches_proc_ci_auc():
-    # test-ci.auc.R: ci.auc(r.ndka) with the default DeLong method.
-    estimate = delong.delong_auc(POOR, MARKERS["ndka"])
+def test_delong_ci_is_clipped_normal_interval():
+    estimate = delong.delong_auc(HAND_OUTCOME, np.array([0.9, 0.5, 0.4, 0.5, 0.2]))
+    half_width = Z_95 * np.sqrt(1 / 12)
 
-    assert estimate.ci_low == pytest.approx(0.501244999271703, rel=1e-10)
-    assert estimate.ci_high == pytest.approx(0.722670989888189, rel=1e-10)
-
-
-def test_delong_ci_is_normal_interval_on_variance():
-    estimate = delong.delong_auc(POOR, MARKERS["s100b"])
-    half_width = Z_95 * np.sqrt(0.00266868245717244)
-
-    assert estimate.auc == pytest.approx(0.7313685636856369, rel=1e-12)
-    assert estimate.ci_low == pytest.approx(estimate.auc - half_width, rel=1e-10)
-    assert estimate.ci_high == pytest.approx(estimate.auc + half_width, rel=1e-10)
-    assert round(estimate.ci_low, 4) == 0.6301
-    assert round(estimate.ci_high, 4) == 0.8326
+    assert estimate.ci_low == pytest.approx(0.75 - half_width, rel=1e-12)
+    # 0.75 + 0.566 exceeds one, so the upper end is clipped.
+    assert estimate.ci_high == 1.0
 
 
-# first, second, Z, p, difference interval (test-roc.test.R)
-PROC_TESTS = {
-    "wfns_vs_s100b": (
-        "wfns",
-        "s100b",
-        2.20898359144091,
-        0.0271757822291882,
-        0.0104061769564846,
-        0.174214419249478,
-    ),
-    "wfns_vs_ndka": (
-        "wfns",
-        "ndka",
-        2.79777591868904,
-        0.00514557970691098,
-        0.0634011709339876,
-        0.3600405634833566,
-    ),
-    "ndka_vs_s100b": (
-        "ndka",
-        "s100b",
-        -1.39077002573558,
-        0.164295175223054,
-        -0.2876917446341914,
-        0.0488706064228094,
-    ),
-}
+def test_paired_delong_hand_worked():
+    # First scores as in the "no_ties" case, second as in "one_tie": the
+    # difference components are V10 = (0, 1/4, 0) and V01 = (1/6, 0), so the
+    # variance of the difference is (1/48) / 3 + (1/72) / 2 = 1/72.
+    first = np.array([0.9, 0.6, 0.4, 0.5, 0.2])
+    second = np.array([0.9, 0.5, 0.4, 0.5, 0.2])
 
+    result = delong.delong_test(HAND_OUTCOME, first, second)
+    reversed_result = delong.delong_test(HAND_OUTCOME, second, first)
 
-@pytest.mark.parametrize(
-    ("first", "second", "z", "p_value", "ci_low", "ci_high"),
-    PROC_TESTS.values(),
-    ids=PROC_TESTS.keys(),
-)
-def test_paired_delong_matches_proc_roc_test(first, second, z, p_value, ci_low, ci_high):
-    result = delong.delong_test(POOR, MARKERS[first], MARKERS[second])
-    reversed_result = delong.delong_test(POOR, MARKERS[second], MARKERS[first])
-
-    assert result.z == pytest.approx(z, rel=1e-10)
-    assert result.p_value == pytest.approx(p_value, rel=1e-10)
-    assert result.ci_low == pytest.approx(ci_low, rel=1e-10)
-    assert result.ci_high == pytest.approx(ci_high, rel=1e-10)
-    assert reversed_result.z == pytest.approx(-z, rel=1e-10)
-    assert reversed_result.p_value == pytest.approx(p_value, rel=1e-10)
+    z = (1 / 12) / np.sqrt(1 / 72)
+    assert result.difference == pytest.approx(1 / 12, rel=1e-12)
+    assert result.variance == pytest.approx(1 / 72, rel=1e-12)
+    assert result.z == pytest.approx(z, rel=1e-12)
+    assert result.p_value == pytest.approx(2 * stats.norm.sf(z), rel=1e-12)
+    assert result.ci_low == pytest.approx(1 / 12 - Z_95 * np.sqrt(1 / 72), rel=1e-12)
+    assert result.ci_high == pytest.approx(1 / 12 + Z_95 * np.sqrt(1 / 72), rel=1e-12)
+    assert reversed_result.z == pytest.approx(-z, rel=1e-12)
+    assert reversed_result.p_value == pytest.approx(result.p_value, rel=1e-12)
 
 
 def test_paired_delong_identical_curves_z0_p1():
-    result = delong.delong_test(POOR, MARKERS["wfns"], MARKERS["wfns"])
+    is_positive, scores, _ = _correlated_scores(60, 61)
+
+    result = delong.delong_test(is_positive, scores, scores)
 
     assert result.z == 0.0
     assert result.p_value == 1.0
@@ -232,6 +145,8 @@ def test_fast_delong_matches_direct_pairwise(case):
     expected_variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     assert comparison.variance == pytest.approx(expected_variance, rel=1e-10)
     assert comparison.difference == pytest.approx(aucs[0] - aucs[1], rel=1e-10)
+    expected_z = (aucs[0] - aucs[1]) / np.sqrt(expected_variance)
+    assert comparison.z == pytest.approx(expected_z, rel=1e-10)
 
 
 def _bootstrap_variance(statistic, n, n_resamples, seed):
