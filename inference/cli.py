@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_summary(document: dict, out_dir: Path) -> None:
     """Print the per-hip findings and the written files for a human reader."""
+    from hipfuse.inference.types import HipClass
+
     model = document["model"]
     print(f"model {model['name']} {model['version']} ({model['intended_use']})")
     if document["not_for_clinical_use"]:
@@ -86,7 +88,8 @@ def print_summary(document: dict, out_dir: Path) -> None:
         side = "right" if hip["laterality"] == "R" else "left"
         probability = hip["probabilities"][hip["predicted_class"]]
         attention = ", ".join(f"{k} {v:.2f}" for k, v in hip["attention"].items())
-        print(f"{side} hip: {hip['predicted_class']} (p={probability:.2f}; attention {attention})")
+        name = HipClass(hip["predicted_class"]).display_name
+        print(f"{side} hip: {name} (p={probability:.2f}; attention {attention})")
     for warning in document["warnings"]:
         print(f"warning [{warning['code']}]: {warning['message']}")
     print(f"result: {out_dir / 'result.json'}")

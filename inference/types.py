@@ -41,8 +41,20 @@ class HipClass(StrEnum):
     OSTEONECROSIS = "osteonecrosis_of_femoral_head"
     FAI = "femoroacetabular_impingement"
 
+    @property
+    def display_name(self) -> str:
+        """Return the name a reader sees, the same as the code meaning in the SR."""
+        return HIP_CLASS_DISPLAY_NAMES[self]
+
 
 HIP_CLASSES: tuple[HipClass, ...] = tuple(HipClass)
+
+HIP_CLASS_DISPLAY_NAMES: dict[HipClass, str] = {
+    HipClass.NORMAL: "Normal",
+    HipClass.OSTEOARTHRITIS: "Osteoarthritis of hip",
+    HipClass.OSTEONECROSIS: "Osteonecrosis of femoral head",
+    HipClass.FAI: "Femoroacetabular impingement",
+}
 
 
 class InputModality(StrEnum):

@@ -88,9 +88,9 @@ NO = Code("373067005", "SCT", "No")  # SCT
 # NOTE: SNOMED CT 239872002 "Osteoarthritis of hip" appears in third-party FHIR
 # examples but was not checked against a SNOMED CT release, so it is not used.
 NORMAL = Code("17621005", "SCT", "Normal")  # SCT, CID 222 "Normality Codes"
-OSTEOARTHRITIS_OF_HIP = Code("OA", PRIVATE_SCHEME, "Osteoarthritis of hip")
-OSTEONECROSIS_OF_FEMORAL_HEAD = Code("ONFH", PRIVATE_SCHEME, "Osteonecrosis of femoral head")
-FEMOROACETABULAR_IMPINGEMENT = Code("FAI", PRIVATE_SCHEME, "Femoroacetabular impingement")
+OSTEOARTHRITIS_OF_HIP = Code("OA", PRIVATE_SCHEME, HipClass.OSTEOARTHRITIS.display_name)
+OSTEONECROSIS_OF_FEMORAL_HEAD = Code("ONFH", PRIVATE_SCHEME, HipClass.OSTEONECROSIS.display_name)
+FEMOROACETABULAR_IMPINGEMENT = Code("FAI", PRIVATE_SCHEME, HipClass.FAI.display_name)
 
 # Model inputs. DICOM has no concept for the weight a fusion network gives an input.
 RADIOGRAPH_ATTENTION = Code("ATTN-XR", PRIVATE_SCHEME, "Radiograph attention weight")

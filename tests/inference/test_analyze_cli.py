@@ -19,6 +19,7 @@ from PIL import Image
 
 from hipfuse.inference.model.bundle import build_untrained_bundle, save_bundle
 from hipfuse.inference.model.config import IntendedUse, ModelPreset, make_bundle_config
+from hipfuse.inference.types import HipClass
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 RADIOGRAPH = SAMPLES / "xray" / "ap_pelvis_ddh_1.dcm"
@@ -71,6 +72,14 @@ def test_analyze_marks_demo_output(full_study):
     assert document["not_for_clinical_use"] is True
     assert "NOT FOR CLINICAL USE" in completed.stdout
     assert document["model"]["intended_use"] == "demo"
+
+
+def test_analyze_prints_class_display_names(full_study):
+    _, completed, document = full_study
+    for hip in document["hips"]:
+        side = "right" if hip["laterality"] == "R" else "left"
+        name = HipClass(hip["predicted_class"]).display_name
+        assert f"{side} hip: {name} (p=" in completed.stdout
 
 
 def test_analyze_right_hip_on_image_left(full_study):
