@@ -27,11 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from hipfuse.integrations.watched_folder import WatchThread
 
 if TYPE_CHECKING:
     from hipfuse.inference.model.bundle import Bundle
@@ -201,9 +203,7 @@ class BundleWatcher:
         self._rejected_state: BundleState | None = None
         self._pending: tuple[BundleState, float] | None = None
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._observer: Any = None
-        self._thread: threading.Thread | None = None
+        self._watch = WatchThread("hipfuse-bundle-watch")
 
     def start(self) -> None:
         """Start the observer and the checking thread."""
@@ -218,11 +218,7 @@ class BundleWatcher:
             except OSError as error:
                 # The periodic check still finds changes, only later.
                 log.warning("bundle_watch_unavailable", path=str(folder), error=str(error))
-        observer.start()
-        self._observer = observer
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="hipfuse-bundle-watch", daemon=True)
-        self._thread.start()
+        self._watch.start(observer, self._run)
         log.info(
             "bundle_watch_started",
             bundle_dir=str(self.bundle_dir),
@@ -232,15 +228,10 @@ class BundleWatcher:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop watching, waiting up to ``timeout_s`` for a bundle being loaded."""
-        self._stop.set()
+        # Stopping first, so the woken thread sees it and ends.
+        self._watch.stopping.set()
         self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout_s)
-            self._observer = None
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        self._watch.stop(timeout_s)
         log.info("bundle_watch_stopped", bundle_dir=str(self.bundle_dir))
 
     def check(self) -> SwapResult:
@@ -316,7 +307,7 @@ class BundleWatcher:
         return SwapResult.REJECTED
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._watch.stopping.is_set():
             timeout_s = self.poll_interval_s
             if self._pending is not None:
                 # Wake when the pending change has settled, not a poll interval later.
@@ -324,7 +315,7 @@ class BundleWatcher:
                 timeout_s = min(timeout_s, max(remaining_s, 0.05))
             self._wake.wait(timeout_s)
             self._wake.clear()
-            if self._stop.is_set():
+            if self._watch.stopping.is_set():
                 return
             try:
                 self.check()

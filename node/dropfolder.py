@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 import structlog
 from pydicom.errors import InvalidDicomError
-from watchdog.events import EventsLostEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from hipfuse.integrations.watched_folder import FolderEvents, SettlingFiles, WatchThread, free_name
 from hipfuse.node.scp import STORAGE_TRANSFER_SYNTAXES, StoreStatus
 from hipfuse.node.spool import SPOOL_DIR_NAME, InvalidUIDError, validate_uid
 
@@ -131,25 +131,6 @@ def _is_candidate(relative: Path) -> bool:
     return not relative.name.lower().endswith(_IN_PROGRESS_SUFFIXES)
 
 
-class _Events(FileSystemEventHandler):
-    def __init__(self, watcher: DropFolderWatcher) -> None:
-        self.watcher = watcher
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, EventsLostEvent):
-            self.watcher.request_rescan()
-            return
-        if event.is_directory:
-            # A folder created or moved in may already hold files that raise no event.
-            if event.event_type in ("created", "moved"):
-                self.watcher.request_rescan()
-            return
-        if event.event_type == "moved":
-            self.watcher.note(Path(os.fsdecode(event.dest_path)))
-        elif event.event_type in ("created", "modified", "closed"):
-            self.watcher.note(Path(os.fsdecode(event.src_path)))
-
-
 class DropFolderWatcher:
     """Store the DICOM files dropped into a folder once each is complete.
 
@@ -181,16 +162,10 @@ class DropFolderWatcher:
         self.storage_scp = storage_scp
         self.check_interval_s = check_interval_s
         self.clock = clock
-        self._lock = threading.Lock()
-        # path -> (size, mtime_ns, monotonic time that pair was first seen).
-        self._pending: dict[Path, tuple[int, int, float]] = {}
-        # Files handled but not deleted or moved (permissions), by (size, mtime_ns):
-        # ignored until they change, so they are not stored again and again.
-        self._held: dict[Path, tuple[int, int]] = {}
+        # Through self.clock, so that replacing the clock reaches the queue.
+        self._files = SettlingFiles(lambda: self.clock())
         self._rescan = threading.Event()
-        self._stop = threading.Event()
-        self._observer: Any = None
-        self._thread: threading.Thread | None = None
+        self._watch = WatchThread("hipfuse-dropfolder")
 
     @property
     def failed_dir(self) -> Path:
@@ -209,30 +184,24 @@ class DropFolderWatcher:
         self.failed_dir.mkdir(mode=0o700, exist_ok=True)
         self.rescan()
         observer = Observer()
-        observer.schedule(_Events(self), str(self.folder), recursive=True)
-        observer.start()
-        self._observer = observer
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="hipfuse-dropfolder", daemon=True)
-        self._thread.start()
+        events = FolderEvents(
+            lambda path, _renamed_in: self.note(path),
+            self.request_rescan,
+            rescan_new_folders=True,
+        )
+        observer.schedule(events, str(self.folder), recursive=True)
+        self._watch.start(observer, self._run)
         log.info(
             "dropfolder_started",
             dropfolder=str(self.folder),
             settle_s=self.settings.settle_s,
             poll_interval_s=self.settings.poll_interval_s,
-            queued_files=len(self._pending),
+            queued_files=len(self._files),
         )
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop watching once the file being stored, if any, is finished."""
-        self._stop.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout_s)
-            self._observer = None
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        self._watch.stop(timeout_s)
         log.info("dropfolder_stopped", dropfolder=str(self.folder))
 
     def note(self, path: Path) -> None:
@@ -243,8 +212,7 @@ class DropFolderWatcher:
             return
         if not _is_candidate(relative):
             return
-        with self._lock:
-            self._pending.setdefault(path, (-1, -1, self.clock()))
+        self._files.note(path)
 
     def request_rescan(self) -> None:
         """Ask the watcher thread to list the folder again."""
@@ -284,30 +252,13 @@ class DropFolderWatcher:
 
     def process_ready(self) -> list[DropFileResult]:
         """Store the queued files that have been stable for ``settle_s`` and return the results."""
-        now = self.clock()
-        ready = []
-        with self._lock:
-            for path, (size, mtime_ns, since) in list(self._pending.items()):
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:
-                    del self._pending[path]
-                    continue
-                current = (stat.st_size, stat.st_mtime_ns)
-                if self._held.get(path) == current:
-                    del self._pending[path]
-                elif current != (size, mtime_ns):
-                    self._pending[path] = (*current, now)
-                elif now - since >= self.settings.settle_s:
-                    ready.append(path)
-            for path in ready:
-                del self._pending[path]
-        return [self.process_file(path) for path in sorted(ready)]
+        ready = self._files.take_ready(self.settings.settle_s)
+        return [self.process_file(path) for path in ready]
 
     def process_file(self, path: Path) -> DropFileResult:
         """Store one file and delete it, or move it to ``failed/``, or leave it for later."""
         file_id = secrets.token_hex(6)
-        self._held.pop(path, None)
+        self._files.release(path)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -346,7 +297,7 @@ class DropFolderWatcher:
         except FileNotFoundError:
             pass
         except OSError as error:
-            self._hold(path)
+            self._files.hold(path)
             log.error(
                 "dropfolder_delete_failed",
                 file_id=file_id,
@@ -375,11 +326,11 @@ class DropFolderWatcher:
     ) -> DropFileResult:
         relative = path.relative_to(self.folder)
         try:
-            target = _free_name(self.failed_dir / relative)
+            target = free_name(self.failed_dir / relative, (REASON_SUFFIX,))
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
         except OSError as error:
-            self._hold(path)
+            self._files.hold(path)
             log.error(
                 "dropfolder_move_failed",
                 file_id=file_id,
@@ -402,16 +353,9 @@ class DropFolderWatcher:
         log.warning("dropfolder_file_failed", file_id=file_id, reason=reason)
         return DropFileResult(path, DropOutcome.FAILED, file_id, reason, sop_uid, moved_to=target)
 
-    def _hold(self, path: Path) -> None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return
-        self._held[path] = (stat.st_size, stat.st_mtime_ns)
-
     def _run(self) -> None:
         last_rescan = self.clock()
-        while not self._stop.wait(self.check_interval_s):
+        while not self._watch.stopping.wait(self.check_interval_s):
             rescan_due = self.clock() - last_rescan >= self.settings.poll_interval_s
             if self._rescan.is_set() or rescan_due:
                 self._rescan.clear()
@@ -482,14 +426,3 @@ def read_file_meta(data: bytes) -> FileMeta:
         )
     source_ae_title = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()
     return FileMeta(sop_class, sop_instance, transfer_syntax, source_ae_title)
-
-
-def _free_name(target: Path) -> Path:
-    if not target.exists() and not target.with_name(target.name + REASON_SUFFIX).exists():
-        return target
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for counter in range(1, 1000):
-        candidate = target.with_name(f"{target.name}.{stamp}-{counter}")
-        if not candidate.exists():
-            return candidate
-    raise FileExistsError(f"no free name for {target} after 999 tries; empty {target.parent}")

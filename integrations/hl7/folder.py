@@ -8,7 +8,8 @@ being written and are left alone. A file may hold several messages: MLLP
 framed, one after the other, or inside FHS/BHS batch envelopes. After all its
 messages went through the same intake as MLLP, the file moves to ``done/``
 when every message was accepted, or to ``failed/`` beside a
-``<name>.reason.txt`` that lists each message's outcome.
+``<name>.reason.txt`` that lists each message's outcome. Logs and the
+message store name a file by a random file id, which its reason file repeats.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -23,17 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from watchdog.events import EventsLostEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from hipfuse.integrations.hl7.intake import HL7Intake, IntakeOutcome, IntakeResult
 from hipfuse.integrations.hl7.mllp import START_BLOCK, FrameDecoder
 from hipfuse.integrations.hl7.parser import UTF8_BOM
+from hipfuse.integrations.watched_folder import FolderEvents, SettlingFiles, WatchThread, free_name
 
 log = structlog.get_logger(__name__)
 
 DONE_DIR_NAME = "done"
 FAILED_DIR_NAME = "failed"
+REASON_SUFFIX = ".reason.txt"
 _IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", ".filepart")
 # Batch and file envelope segments around messages (HL7 v2 chapter 2, batch protocol).
 _ENVELOPE_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
@@ -50,6 +53,8 @@ class FileResult:
     moved_to: Path
     results: tuple[IntakeResult, ...]
     reason: str = ""
+    # Random id that the logs and the message store use for the file.
+    file_id: str = ""
 
     @property
     def failed(self) -> bool:
@@ -99,22 +104,6 @@ def _is_candidate(path: Path) -> bool:
     return not name.startswith(".") and not name.lower().endswith(_IN_PROGRESS_SUFFIXES)
 
 
-class _Events(FileSystemEventHandler):
-    def __init__(self, watcher: HL7FolderWatcher) -> None:
-        self.watcher = watcher
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, EventsLostEvent):
-            self.watcher.request_rescan()
-            return
-        if event.is_directory:
-            return
-        if event.event_type == "moved":
-            self.watcher.note(Path(os.fsdecode(event.dest_path)), renamed_in=True)
-        elif event.event_type in ("created", "modified", "closed"):
-            self.watcher.note(Path(os.fsdecode(event.src_path)))
-
-
 class HL7FolderWatcher:
     """Process HL7 files dropped into a folder, once each is complete.
 
@@ -151,14 +140,10 @@ class HL7FolderWatcher:
         self.poll_interval_s = poll_interval_s
         self.rescan_interval_s = rescan_interval_s
         self.clock = clock
-        self._lock = threading.Lock()
-        # path -> (size, mtime_ns, monotonic time the pair was first seen); a
-        # renamed-in file has time -inf, so it is ready at once.
-        self._pending: dict[Path, tuple[int, int, float]] = {}
+        # Through self.clock, so that replacing the clock reaches the queue.
+        self._files = SettlingFiles(lambda: self.clock())
         self._rescan = threading.Event()
-        self._stop = threading.Event()
-        self._observer: Observer | None = None  # type: ignore[valid-type]
-        self._thread: threading.Thread | None = None
+        self._watch = WatchThread("hl7-folder")
 
     @property
     def done_dir(self) -> Path:
@@ -176,35 +161,23 @@ class HL7FolderWatcher:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.rescan()
         observer = Observer()
-        observer.schedule(_Events(self), str(self.watch_dir), recursive=False)
-        observer.start()
-        self._observer = observer
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="hl7-folder", daemon=True)
-        self._thread.start()
+        events = FolderEvents(
+            lambda path, renamed_in: self.note(path, renamed_in=renamed_in), self.request_rescan
+        )
+        observer.schedule(events, str(self.watch_dir), recursive=False)
+        self._watch.start(observer, self._run)
         log.info("hl7_folder_watch_started", watch_dir=str(self.watch_dir))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop watching; a file being processed is finished first."""
-        self._stop.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout_s)
-            self._observer = None
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        self._watch.stop(timeout_s)
         log.info("hl7_folder_watch_stopped", watch_dir=str(self.watch_dir))
 
     def note(self, path: Path, *, renamed_in: bool = False) -> None:
         """Queue a file of the watched folder for processing once it is complete."""
         if path.parent != self.watch_dir or not _is_candidate(path):
             return
-        with self._lock:
-            if renamed_in:
-                self._pending[path] = (-1, -1, float("-inf"))
-            else:
-                self._pending.setdefault(path, (-1, -1, self.clock()))
+        self._files.note(path, renamed_in=renamed_in)
 
     def request_rescan(self) -> None:
         """Ask the watcher thread to list the folder again."""
@@ -219,25 +192,9 @@ class HL7FolderWatcher:
 
     def process_ready(self) -> list[FileResult]:
         """Process the queued files that are complete; return what was done."""
-        now = self.clock()
-        ready = []
-        with self._lock:
-            for path, (size, mtime_ns, since) in list(self._pending.items()):
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:
-                    del self._pending[path]
-                    continue
-                if since == float("-inf"):
-                    ready.append(path)
-                elif (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns):
-                    self._pending[path] = (stat.st_size, stat.st_mtime_ns, now)
-                elif now - since >= self.stable_s:
-                    ready.append(path)
-            for path in ready:
-                del self._pending[path]
+        ready = self._files.take_ready(self.stable_s)
         results = []
-        for path in sorted(ready):
+        for path in ready:
             result = self.process_file(path)
             if result is not None:
                 results.append(result)
@@ -248,25 +205,32 @@ class HL7FolderWatcher:
 
         Returns ``None`` when the file vanished before it could be read.
         """
-        source = f"file:{path.name}"
+        # File names often contain a patient's name or ID, so logs and the
+        # message store name the file by a random id instead.
+        file_id = secrets.token_hex(6)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.error("hl7_file_read_failed", file=path.name, error=str(exc))
-            return self._finish(path, (), f"the file could not be read: {exc.strerror}")
+            log.error("hl7_file_read_failed", file_id=file_id, error=exc.strerror)
+            reason = f"the file could not be read: {exc.strerror}"
+            return self._finish(path, file_id, (), reason)
         messages = split_file_messages(data, self.intake.settings.max_message_bytes)
         if not messages:
-            return self._finish(path, (), "the file holds no HL7 message (no MSH segment)")
+            reason = "the file holds no HL7 message (no MSH segment)"
+            return self._finish(path, file_id, (), reason)
+        source = f"file:{file_id}"
         results = tuple(self.intake.process(message, source) for message in messages)
-        return self._finish(path, results, "")
+        return self._finish(path, file_id, results, "")
 
-    def _finish(self, path: Path, results: tuple[IntakeResult, ...], reason: str) -> FileResult:
+    def _finish(
+        self, path: Path, file_id: str, results: tuple[IntakeResult, ...], reason: str
+    ) -> FileResult:
         rejected = [r for r in results if r.outcome is IntakeOutcome.REJECTED]
         failed = bool(reason) or bool(rejected)
         target_dir = self.failed_dir if failed else self.done_dir
-        target = _free_name(target_dir / path.name)
+        target = free_name(target_dir / path.name, (REASON_SUFFIX,))
         os.replace(path, target)
         if failed:
             lines = [reason] if reason else []
@@ -275,7 +239,8 @@ class HL7FolderWatcher:
                 detail = f": {result.reason}" if result.reason else ""
                 control_id = result.control_id or "(none)"
                 lines.append(f"message {number}, control ID {control_id}: {outcome}{detail}")
-            reason_path = target.with_name(target.name + ".reason.txt")
+            lines.append(f"file id: {file_id}")
+            reason_path = target.with_name(target.name + REASON_SUFFIX)
             # Owner-only (0600) whatever the umask, like the folders created in start().
             fd = os.open(reason_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -284,37 +249,26 @@ class HL7FolderWatcher:
         emit = log.warning if failed else log.info
         emit(
             "hl7_file_processed",
-            file=path.name,
-            moved_to=str(target.relative_to(self.watch_dir)),
+            file_id=file_id,
+            moved_to=target_dir.name,
             messages=len(results),
             rejected=len(rejected),
         )
-        return FileResult(path, target, results, reason)
+        return FileResult(path, target, results, reason, file_id)
 
     def _run(self) -> None:
         last_rescan = self.clock()
-        while not self._stop.wait(self.poll_interval_s):
+        while not self._watch.stopping.wait(self.poll_interval_s):
             if self._rescan.is_set() or self.clock() - last_rescan >= self.rescan_interval_s:
                 self._rescan.clear()
                 last_rescan = self.clock()
                 try:
                     self.rescan()
                 except OSError as exc:
-                    log.error("hl7_folder_rescan_failed", error=str(exc))
+                    log.error("hl7_folder_rescan_failed", error=exc.strerror)
             try:
                 self.process_ready()
             except OSError as exc:
                 # A file that could not be moved is queued again by the next rescan,
                 # and its messages come back as duplicates.
-                log.error("hl7_folder_processing_failed", error=str(exc))
-
-
-def _free_name(target: Path) -> Path:
-    if not target.exists():
-        return target
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for counter in range(1, 1000):
-        candidate = target.with_name(f"{target.name}.{stamp}-{counter}")
-        if not candidate.exists():
-            return candidate
-    raise FileExistsError(f"no free name for {target} after 999 tries; empty {target.parent}")
+                log.error("hl7_folder_processing_failed", error=exc.strerror)

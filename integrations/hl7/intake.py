@@ -89,7 +89,7 @@ class HL7Intake:
             The message bytes without MLLP framing.
         source
             Where it came from, for the store and the logs (``mllp:10.0.0.5``,
-            ``file:lab.hl7``).
+            ``file:`` and the random id of a watched-folder file).
         """
         try:
             return self._process(raw, source)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from hl7_builders import CHINESE_NOTE_GB, framed, message, msh, oru, pid
 
 from hipfuse.config.clinical_text import HL7Settings
@@ -136,6 +137,30 @@ def test_folder_failed_file_gets_reason(tmp_path: Path, store: HL7Store) -> None
     assert "message 2, control ID BAD1: AR rejected: MSH-12 version '2.1'" in reason
     assert store.message_count() == 1
     assert [r.control_id for r in store.rejected_messages()] == ["BAD1"]
+
+
+def test_folder_logs_no_file_name(tmp_path: Path, store: HL7Store) -> None:
+    """Export file names often carry the patient's name and ID; logs use a file id."""
+    watcher = _watcher(tmp_path, store, stable_s=0.0, clock=FakeClock())
+    path = watcher.watch_dir / "DOE_JANE_MRN4711.hl7"
+    bad = message(msh("BAD2", version="2.1"), pid()).encode()
+    path.write_bytes(oru("OK2", "accepted").encode() + bad)
+
+    with structlog.testing.capture_logs() as logs:
+        result = watcher.process_file(path)
+
+    assert result is not None and result.failed
+    assert len(result.file_id) == 12
+    assert logs, "processing a file logs at least one event"
+    for entry in logs:
+        assert "DOE_JANE" not in repr(entry)
+        assert "MRN4711" not in repr(entry)
+    processed = [entry for entry in logs if entry["event"] == "hl7_file_processed"]
+    assert [entry["file_id"] for entry in processed] == [result.file_id]
+    assert processed[0]["moved_to"] == "failed"
+    reason = (watcher.failed_dir / "DOE_JANE_MRN4711.hl7.reason.txt").read_text()
+    assert f"file id: {result.file_id}" in reason
+    assert [r.source for r in store.rejected_messages()] == [f"file:{result.file_id}"]
 
 
 @pytest.mark.parametrize(
