@@ -10,7 +10,6 @@ is never touched.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -320,21 +319,9 @@ class AdminMixin(JobStoreCore):
             "previous_job_id": previous_job_id,
             "requested": requested,
         }
-        cursor = db.execute(
-            "INSERT INTO jobs (study_instance_uid, kind, target, state, next_attempt_at, "
-            "created_at, updated_at, details_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                study_uid,
-                JobKind.SEND.value,
-                destination,
-                JobState.PENDING.value,
-                at,
-                at,
-                at,
-                json.dumps(details, sort_keys=True),
-            ),
+        job_id = self._insert_pending_job(
+            db, study_uid, JobKind.SEND.value, destination, details, at
         )
-        job_id = int(cursor.lastrowid or 0)
         db.execute("UPDATE outbox SET job_id = ? WHERE job_id = ?", (job_id, previous_job_id))
         if state == JobState.PENDING.value:
             db.execute(

@@ -4,8 +4,8 @@
 tables (events and jobs, outbox, audit, retention, admin). Each mixin uses
 the store's connection and lock and a few steps defined elsewhere: a write
 transaction and the clock (``JobStore``), the study row and checked state
-transitions (``JobStore``), the event row (``EventsAndJobsMixin``) and the
-send row (``OutboxMixin``). They are declared here once, for type checkers.
+transitions (``JobStore``), the event and job rows (``EventsAndJobsMixin``)
+and the send row (``OutboxMixin``). They are declared here once, for type checkers.
 """
 
 from __future__ import annotations
@@ -54,6 +54,17 @@ class JobStoreCore:
             study_uid: str | None,
             details: dict[str, Any],
         ) -> None: ...
+
+        @staticmethod
+        def _insert_pending_job(
+            db: sqlite3.Connection,
+            study_uid: str | None,
+            kind: str,
+            target: str | None,
+            details: dict[str, Any],
+            at: float,
+            next_attempt_at: float | None = None,
+        ) -> int: ...
 
         def _insert_send(
             self,

@@ -38,6 +38,33 @@ class EventsAndJobsMixin(JobStoreCore):
         # Audit rows that this event implies, in the same transaction.
         audit_from_event(db, at, event, study_uid, details)
 
+    @staticmethod
+    def _insert_pending_job(
+        db: sqlite3.Connection,
+        study_uid: str | None,
+        kind: str,
+        target: str | None,
+        details: dict[str, Any],
+        at: float,
+        next_attempt_at: float | None = None,
+    ) -> int:
+        """Insert a ``pending`` job due at ``next_attempt_at`` (default ``at``); return its id."""
+        cursor = db.execute(
+            "INSERT INTO jobs (study_instance_uid, kind, target, state, next_attempt_at, "
+            "created_at, updated_at, details_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                study_uid,
+                kind,
+                target,
+                JobState.PENDING.value,
+                at if next_attempt_at is None else next_attempt_at,
+                at,
+                at,
+                json.dumps(details, sort_keys=True, default=str),
+            ),
+        )
+        return int(cursor.lastrowid or 0)
+
     def record_event(
         self,
         event: str,
@@ -82,21 +109,9 @@ class EventsAndJobsMixin(JobStoreCore):
         """Queue a job of ``kind`` (for example ``send``) and return its id."""
         at = self._now(now)
         with self._transaction() as db:
-            cursor = db.execute(
-                "INSERT INTO jobs (study_instance_uid, kind, target, state, next_attempt_at, "
-                "created_at, updated_at, details_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    study_uid,
-                    kind,
-                    target,
-                    JobState.PENDING.value,
-                    at if not_before is None else not_before,
-                    at,
-                    at,
-                    json.dumps(details or {}, sort_keys=True, default=str),
-                ),
+            job_id = self._insert_pending_job(
+                db, study_uid, kind, target, details or {}, at, next_attempt_at=not_before
             )
-            job_id = int(cursor.lastrowid or 0)
             self._event(db, at, "job_added", study_uid, {"job_id": job_id, "kind": kind})
         return job_id
 

@@ -267,21 +267,9 @@ class OutboxMixin(JobStoreCore):
         at: float,
     ) -> int:
         details = {"sop_instance_uid": result.sop_instance_uid}
-        cursor = db.execute(
-            "INSERT INTO jobs (study_instance_uid, kind, target, state, next_attempt_at, "
-            "created_at, updated_at, details_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                study_uid,
-                JobKind.SEND.value,
-                destination,
-                JobState.PENDING.value,
-                at,
-                at,
-                at,
-                json.dumps(details, sort_keys=True),
-            ),
+        job_id = self._insert_pending_job(
+            db, study_uid, JobKind.SEND.value, destination, details, at
         )
-        job_id = int(cursor.lastrowid or 0)
         db.execute(
             "INSERT INTO outbox (study_instance_uid, input_fingerprint, sop_instance_uid, "
             "sop_class_uid, path, destination, job_id, created_at) "
