@@ -14,7 +14,6 @@ and writes an ``events`` row in the same transaction.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hipfuse.integrations.sqlite_store import open_store_database
 from hipfuse.node.jobstore_admin import AdminMixin
 from hipfuse.node.jobstore_audit import AuditMixin
 from hipfuse.node.jobstore_events import EventsAndJobsMixin
@@ -105,17 +105,7 @@ class JobStore(AdminMixin, RetentionMixin, AuditMixin, OutboxMixin, EventsAndJob
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
-        if not self.path.exists():
-            # Created here so that the file, and the -wal and -shm files SQLite
-            # derives from its mode, are readable by the owner only.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL syncs the WAL at every commit; NORMAL only at checkpoints.
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = open_store_database(self.path, durable_commits=durable_commits)
         with self._lock:
             self.schema_version_before_open = migrate(self._db)
 

@@ -12,7 +12,6 @@ behind a lock.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from hipfuse.integrations.hl7.clinical import HL7TextItem, MessageContent
 from hipfuse.integrations.hl7.header import MessageHeader
 from hipfuse.integrations.items import Section
+from hipfuse.integrations.sqlite_store import open_store_database
 
 HL7_STORE_FILE_NAME = "hl7.sqlite3"
 SCHEMA_VERSION = 1
@@ -138,18 +138,8 @@ class HL7Store:
         self.path = Path(path)
         self._clock = clock
         self._lock = threading.RLock()
-        if not self.path.exists():
-            # Created here so the file, and the -wal and -shm files SQLite
-            # derives from its mode, are readable by the owner only.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is synced at every commit, so an acknowledged message
-        # survives power loss, not only a process crash.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        # Durable commits, so an acknowledged message survives power loss.
+        self._db = open_store_database(self.path, durable_commits=True)
         with self._lock:
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
