@@ -20,6 +20,11 @@ These keys apply at once:
 The node then runs with its running settings plus these changes only, so a
 key that needs a restart keeps its old value until the restart and is
 reported again at each reload.
+
+A listener with DICOM TLS also reads its certificate, key and CA files again
+at each reload, from the running paths, so a renewed certificate written over
+the old files serves the next connections. Files that cannot be used are
+logged as ``tls_reload_failed`` and the listener keeps its certificate.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import structlog
 from hipfuse.config.settings import Destination, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
+    from hipfuse.node.scp import ScpServer
     from hipfuse.node.service import NodeService
     from hipfuse.node.systemd_notify import SystemdNotifier
 
@@ -174,6 +180,8 @@ def apply_settings(service: NodeService, plan: ReloadPlan) -> None:
         configure_logging(settings.logging.level.value, settings.logging.json_lines)
     if service.scp is not None and service.scp.storage_scp is not None:
         service.scp.storage_scp.settings = settings
+    if service.scp is not None and service.scp.uses_tls:
+        _reload_certificates(service.scp, settings)
     if service.assembler is not None:
         service.assembler.settings = settings.study
     destinations = {destination.name: destination for destination in settings.destinations}
@@ -188,6 +196,21 @@ def apply_settings(service: NodeService, plan: ReloadPlan) -> None:
     if service.bundle_watcher is not None:
         service.bundle_watcher.settle_s = settings.model.watch_settle_s
     service.settings = settings
+
+
+def _reload_certificates(scp: ScpServer, settings: Settings) -> None:
+    """Re-read the listener's TLS files, which a certificate renewal replaces in place."""
+    from hipfuse.node.tls import TLSFileError
+
+    try:
+        scp.reload_tls(settings.node.tls)
+    except TLSFileError as error:
+        log.error(
+            "tls_reload_failed",
+            setting=error.setting,
+            error=str(error),
+            message="the listener keeps its current certificate; fix the file and reload again",
+        )
 
 
 def reload_settings(service: NodeService, config: Path) -> ReloadResult:

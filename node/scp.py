@@ -68,9 +68,11 @@ from hipfuse.node.spool import (
     encode_file_meta,
     validate_uid,
 )
-from hipfuse.node.tls_server import start_tls_server
+from hipfuse.node.tls import build_server_context
+from hipfuse.node.tls_server import TLSAssociationServer, start_tls_server
 
 if TYPE_CHECKING:
+    from hipfuse.config.tls import NodeTLSSettings
     from hipfuse.node.metrics import NodeMetrics
 
 log = structlog.get_logger(__name__)
@@ -166,6 +168,29 @@ class ScpServer:
             return False
         # SO_ACCEPTCONN (Linux) is 1 while the socket accepts connections.
         return bool(listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether the SCP listens with DICOM TLS."""
+        return isinstance(self._server, TLSAssociationServer)
+
+    def reload_tls(self, tls: NodeTLSSettings) -> None:
+        """Read the certificate, key and CA files again for the next connections.
+
+        A renewed certificate written over the old files takes effect without a
+        restart. Open associations keep the certificate they started with.
+
+        Raises
+        ------
+        hipfuse.node.tls.TLSFileError
+            A file cannot be used; the listener keeps its current certificate.
+        """
+        if not isinstance(self._server, TLSAssociationServer):
+            raise RuntimeError("the SCP listens without TLS; enabling TLS needs a restart")
+        # The accepting thread reads ssl_context for each connection, so one
+        # assignment switches every later handshake to the new files.
+        self._server.ssl_context = build_server_context(tls)
+        log.info("tls_certificates_reloaded", port=self.port, cert_file=str(tls.cert_file))
 
     def stop(self) -> None:
         """Stop accepting associations and abort the ones still open.

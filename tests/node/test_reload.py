@@ -17,6 +17,7 @@ from hipfuse.node.reload import apply_settings, plan_reload, reload_settings
 from hipfuse.node.scp import StorageSCP
 from hipfuse.node.sender import DestinationSender
 from hipfuse.node.spool import Spool
+from hipfuse.node.tls import TLSFileError
 
 BASE = """
 [node]
@@ -166,7 +167,7 @@ def running_parts(tmp_path: Path, settings: Settings) -> SimpleNamespace:
     (destination,) = settings.destinations
     return SimpleNamespace(
         settings=settings,
-        scp=SimpleNamespace(storage_scp=storage_scp),
+        scp=SimpleNamespace(storage_scp=storage_scp, uses_tls=False),
         assembler=StudyAssembler(jobstore, settings.study),
         senders={
             destination.name: DestinationSender(destination, jobstore, settings.send, settings.node)
@@ -206,6 +207,48 @@ def test_apply_settings_reaches_running_parts(tmp_path: Path) -> None:
     assert service.dropfolder.settings.settle_s == 1.5
     assert service.bundle_watcher.settle_s == 0.5
     assert service.settings.study.quiet_period_s == 5.0
+    service.jobstore.close()
+
+
+class RecordingTLSListener:
+    """Stands in for a TLS listener: records each reload, or fails with ``error``."""
+
+    uses_tls = True
+
+    def __init__(self, storage_scp: StorageSCP, error: Exception | None = None) -> None:
+        self.storage_scp = storage_scp
+        self.error = error
+        self.reloaded: list[object] = []
+
+    def reload_tls(self, tls: object) -> None:
+        if self.error is not None:
+            raise self.error
+        self.reloaded.append(tls)
+
+
+def test_apply_settings_rereads_tls_files(tmp_path: Path) -> None:
+    running = settings_from(tmp_path, BASE)
+    service = running_parts(tmp_path, running)
+    service.scp = RecordingTLSListener(service.scp.storage_scp)
+
+    apply_settings(service, plan_reload(running, running))
+
+    assert service.scp.reloaded == [running.node.tls]
+    service.jobstore.close()
+
+
+def test_apply_settings_logs_tls_failure(tmp_path: Path) -> None:
+    running = settings_from(tmp_path, BASE)
+    service = running_parts(tmp_path, running)
+    error = TLSFileError("node.tls.cert_file", tmp_path / "node.crt", "no such file")
+    service.scp = RecordingTLSListener(service.scp.storage_scp, error)
+
+    with structlog.testing.capture_logs() as logs:
+        apply_settings(service, plan_reload(running, running))
+
+    [failure] = [entry for entry in logs if entry["event"] == "tls_reload_failed"]
+    assert failure["setting"] == "node.tls.cert_file"
+    assert failure["log_level"] == "error"
     service.jobstore.close()
 
 

@@ -24,9 +24,10 @@ from ingest_helpers import (
 )
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from tls_helpers import Credential, TestPKI, make_pki
+from tls_helpers import Credential, TestPKI, make_pki, renew_server_certificate
 
 from hipfuse.config.settings import Settings
+from hipfuse.node.tls import TLSFileError
 
 pytestmark = pytest.mark.skipif(
     not Path(STORESCU).exists(), reason="DCMTK storescu (Debian package dcmtk) is not installed"
@@ -216,3 +217,54 @@ def test_silent_client_does_not_block_others(tmp_path: Path, pki: TestPKI) -> No
 
     assert closed_by_node
     assert handshake_failures(logs) == ["timed out"]
+
+
+def served_certificate(port: int, pki: TestPKI) -> bytes:
+    """Return the DER certificate the SCP presents in a TLS handshake."""
+    context = client_context(pki, pki.client)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped,
+    ):
+        certificate = wrapped.getpeercert(binary_form=True)
+    assert certificate is not None
+    return certificate
+
+
+def der(path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(path.read_text())
+
+
+def test_reload_tls_serves_renewed_certificate(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Its own PKI, because the renewal overwrites the server's files.
+    pki = make_pki(tmp_path_factory.mktemp("renewed-pki"))
+    original = der(pki.server.cert)
+    settings = tls_settings(tmp_path, pki)
+    with running_scp(settings) as (server, _):
+        assert served_certificate(server.port, pki) == original
+        renewed = renew_server_certificate(pki, tmp_path / "renewal")
+        assert served_certificate(server.port, pki) == original  # read at start only
+
+        server.reload_tls(settings.node.tls)
+
+        assert served_certificate(server.port, pki) == der(renewed.cert)
+        assert der(renewed.cert) != original
+        assert echo(server.port, client_context(pki, pki.client))
+
+
+def test_reload_tls_bad_file_keeps_certificate(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    pki = make_pki(tmp_path_factory.mktemp("broken-pki"))
+    original = der(pki.server.cert)
+    settings = tls_settings(tmp_path, pki)
+    with running_scp(settings) as (server, _):
+        pki.server.key.write_text("not a key\n")
+
+        with pytest.raises(TLSFileError) as error:
+            server.reload_tls(settings.node.tls)
+
+        assert error.value.setting == "node.tls.key_file"
+        assert served_certificate(server.port, pki) == original

@@ -135,6 +135,21 @@ def make_pki(folder: Path) -> TestPKI:
     )
 
 
+def renew_server_certificate(pki: TestPKI, folder: Path) -> Credential:
+    """Sign a new server certificate with the test CA and write it over the old files.
+
+    Returns the new certificate and key, written to ``folder`` first and then
+    copied over ``pki.server``, as a certificate renewal does.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    pki_dir = pki.ca.parent
+    ca = Credential(pki.ca, pki_dir / "ca.key")
+    renewed = _make_leaf(folder, "server", "hipfuse-node", ca, "server", pki_dir / "extensions.cnf")
+    shutil.copyfile(renewed.key, pki.server.key)
+    shutil.copyfile(renewed.cert, pki.server.cert)
+    return renewed
+
+
 def queue_results(store: JobStore, folder: Path, count: int) -> list[Path]:
     """Put STUDY through analysis with ``count`` small CT results queued for "pacs"."""
     fingerprint = "f" * 64
