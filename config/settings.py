@@ -98,10 +98,15 @@ class LogLevel(StrEnum):
 
 
 class AllowedCaller(Section):
-    """One peer allowed to open associations: its AE title and source addresses."""
+    """One peer allowed to open associations: its AE title, source addresses and certificate."""
 
     ae_title: AETitle
     addresses: list[IPNetwork] = Field(default_factory=list)
+    # Names its TLS client certificate must carry (subject common name, or a
+    # DNS or IP subject alternative name); empty: any certificate ca_file verifies.
+    certificate_names: list[Annotated[str, Field(min_length=1, max_length=255)]] = Field(
+        default_factory=list
+    )
 
     def allows(self, address: str) -> bool:
         """Return whether ``address`` is in this caller's networks (any address if none)."""
@@ -139,6 +144,14 @@ class NodeSettings(Section):
                 "allowed_callers",
                 f"AE title(s) {duplicates} appear more than once; "
                 "merge their addresses into one entry",
+            )
+        named = [caller.ae_title for caller in self.allowed_callers if caller.certificate_names]
+        if named and not (self.tls.enabled and self.tls.require_client_certificate):
+            raise SettingsKeyError(
+                "allowed_callers",
+                f"certificate_names is set for {named}, but the listener does not require "
+                "client certificates; set [node.tls] enabled = true and "
+                "require_client_certificate = true, or remove certificate_names",
             )
         return self
 

@@ -55,7 +55,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from hipfuse.config.settings import Settings
+from hipfuse.config.settings import AllowedCaller, Settings
 from hipfuse.node.audit import association_details, rejection_reason
 from hipfuse.node.header import HeaderError, read_header
 from hipfuse.node.jobstore import InstanceRecord, JobStore, StudyTooLargeError
@@ -69,9 +69,15 @@ from hipfuse.node.spool import (
     validate_uid,
 )
 from hipfuse.node.tls import build_server_context
-from hipfuse.node.tls_server import TLSAssociationServer, start_tls_server
+from hipfuse.node.tls_server import (
+    TLSAssociationServer,
+    peer_certificate_names,
+    start_tls_server,
+)
 
 if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
     from hipfuse.config.tls import NodeTLSSettings
     from hipfuse.node.metrics import NodeMetrics
 
@@ -116,11 +122,13 @@ class RejectReason(StrEnum):
 
     CALLING_AE_TITLE_NOT_RECOGNISED = "calling_ae_title_not_recognised"
     PEER_ADDRESS_NOT_ALLOWED = "peer_address_not_allowed"
+    CLIENT_CERTIFICATE_NOT_ALLOWED = "client_certificate_not_allowed"
 
 
 # A-ASSOCIATE-RJ: result 1 (rejected-permanent), source 1 (service user),
 # reason 3 (calling AE title not recognised), PS3.8 Table 9-21. A peer address
-# outside the allow-list has no reason code of its own, so it gets the same.
+# or client certificate outside the allow-list has no reason code of its own,
+# so it gets the same.
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 
 
@@ -323,6 +331,8 @@ class StorageSCP:
             reason = RejectReason.CALLING_AE_TITLE_NOT_RECOGNISED
         elif not caller.allows(address):
             reason = RejectReason.PEER_ADDRESS_NOT_ALLOWED
+        elif caller.certificate_names and not _certificate_matches(association, caller):
+            reason = RejectReason.CLIENT_CERTIFICATE_NOT_ALLOWED
         else:
             _prefer_requested_transfer_syntaxes(association)
             return
@@ -587,6 +597,14 @@ class StorageSCP:
         if free - size_bytes < self.settings.storage.min_free_bytes:
             return "free disk space below min_free_bytes"
         return None
+
+
+def _certificate_matches(association: Association, caller: AllowedCaller) -> bool:
+    """Return whether the association's TLS client certificate carries a name ``caller`` lists."""
+    names = peer_certificate_names(association.dul.socket.socket)
+    if names is None:
+        return False
+    return any(name.casefold() in names for name in caller.certificate_names)
 
 
 def start_scp(

@@ -9,12 +9,10 @@ without a handshake and runs it in the connection's own thread, limited to
 with the peer address and OpenSSL's reason.
 
 The allow-list of calling AE titles and addresses is checked afterwards, on
-the A-ASSOCIATE-RQ, exactly as without TLS.
-
-NOTE: the client certificate's subject is not matched to the calling AE
-title. Any certificate that ``ca_file`` verifies may send under any allowed
-AE title from that title's allowed addresses, so a CA file that signs only
-the senders' certificates keeps that set small.
+the A-ASSOCIATE-RQ, exactly as without TLS. An entry with
+``certificate_names`` also needs a client certificate that carries one of
+them (:func:`peer_certificate_names`); without it, any certificate that
+``ca_file`` verifies may send under that AE title.
 """
 
 from __future__ import annotations
@@ -86,6 +84,32 @@ class TLSAssociationServer(ThreadedAssociationServer):
             client_certificate_subject=_subject_text(certificate.get("subject", ())),
         )
         return True
+
+
+def peer_certificate_names(connection: Any) -> frozenset[str] | None:
+    """Return the names of a TLS peer's verified certificate, case-folded.
+
+    The names are the subject's common names and the DNS and IP address
+    subject alternative names. ``None`` when ``connection`` is not a TLS
+    socket or the peer presented no certificate.
+    """
+    if not isinstance(connection, ssl.SSLSocket):
+        return None
+    certificate = connection.getpeercert()
+    if not certificate:
+        return None
+    names = {
+        str(value)
+        for rdn in certificate.get("subject", ())
+        for key, value in rdn
+        if key == "commonName"
+    }
+    names.update(
+        str(value)
+        for kind, value in certificate.get("subjectAltName", ())
+        if kind in ("DNS", "IP Address")
+    )
+    return frozenset(name.casefold() for name in names)
 
 
 def _subject_text(subject: Any) -> str | None:

@@ -118,6 +118,16 @@ _DESTINATION = '[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport =
             _DESTINATION + 'tls = true\ntls_ca_file = "ca.pem"\ntls_cert_file = "c.pem"',
             "set both tls_cert_file and tls_key_file",
         ),
+        (
+            "node.allowed_callers",
+            '[[node.allowed_callers]]\nae_title = "PACS"\ncertificate_names = ["pacs"]',
+            "certificate_names is set for ['PACS'], but the listener does not require client",
+        ),
+        (
+            "node.allowed_callers[0].certificate_names[0]",
+            '[[node.allowed_callers]]\nae_title = "PACS"\ncertificate_names = [""]',
+            "at least 1 character",
+        ),
     ],
     ids=[
         "no-cert",
@@ -127,6 +137,8 @@ _DESTINATION = '[[destinations]]\nname = "a"\nae_title = "A"\nhost = "h"\nport =
         "unknown-key",
         "destination-old-version",
         "destination-cert-without-key",
+        "certificate-names-without-tls",
+        "empty-certificate-name",
     ],
 )
 def test_tls_invalid_key_reported(tmp_path: Path, path: str, text: str, reason: str) -> None:
@@ -136,3 +148,24 @@ def test_tls_invalid_key_reported(tmp_path: Path, path: str, text: str, reason: 
     problems = dict(caught.value.problems)
     assert path in problems, problems
     assert reason in problems[path]
+
+
+def test_certificate_names_load_with_tls(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+        [node.tls]
+        enabled = true
+        cert_file = "node.crt"
+        key_file = "node.key"
+        ca_file = "ca.pem"
+
+        [[node.allowed_callers]]
+        ae_title = "PACS"
+        certificate_names = ["pacs.hospital.example", "10.0.0.5"]
+        """,
+    )
+
+    (caller,) = load_settings(path).node.allowed_callers
+
+    assert caller.certificate_names == ["pacs.hospital.example", "10.0.0.5"]

@@ -40,12 +40,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 
 
 def tls_settings(
-    tmp_path: Path, pki: TestPKI, tls_keys: str = "", acse_timeout_s: float = 5.0
+    tmp_path: Path,
+    pki: TestPKI,
+    tls_keys: str = "",
+    acse_timeout_s: float = 5.0,
+    callers: str = '{ ae_title = "STORESCU" }, { ae_title = "ECHOSCU" }',
 ) -> Settings:
     return write_settings(
         tmp_path / "node.toml",
         tmp_path / "data",
         free_port(),
+        callers=callers,
         extra_node=(
             f"acse_timeout_s = {acse_timeout_s}\n"
             f"[node.tls]\nenabled = true\n"
@@ -139,6 +144,33 @@ def test_storescu_tls_unknown_ae_rejected(tmp_path: Path, pki: TestPKI) -> None:
     assert handshake_failures(logs) == []
     reasons = [entry.get("reason") for entry in logs if entry["event"] == "association_rejected"]
     assert reasons == ["calling_ae_title_not_recognised"]
+
+
+@pytest.mark.parametrize(
+    ("names", "stored"),
+    [('["storescu"]', True), ('["PACS-A", "pacs-a.hospital.example"]', False)],
+    ids=["common-name-matches", "other-names"],
+)
+def test_storescu_certificate_names(tmp_path: Path, pki: TestPKI, names: str, stored: bool) -> None:
+    # The client certificate's subject is CN=STORESCU; names match case-insensitively.
+    callers = f'{{ ae_title = "STORESCU", certificate_names = {names} }}'
+    with (
+        structlog.testing.capture_logs() as logs,
+        running_scp(tls_settings(tmp_path, pki, callers=callers)) as (server, jobstore),
+    ):
+        result = storescu(server.port, XRAY_SAMPLES[0], options=tls_options(pki.client, pki.ca))
+        studies = jobstore.list_studies()
+
+    reasons = [entry.get("reason") for entry in logs if entry["event"] == "association_rejected"]
+    if stored:
+        assert result.returncode == 0, result.stderr
+        assert len(studies) == 1
+        assert reasons == []
+    else:
+        assert result.returncode != 0
+        assert "Calling AE Title Not Recognized" in result.stderr
+        assert studies == []
+        assert reasons == ["client_certificate_not_allowed"]
 
 
 # --------------------------------------------------------------------------- #
@@ -268,3 +300,12 @@ def test_reload_tls_bad_file_keeps_certificate(
 
         assert error.value.setting == "node.tls.key_file"
         assert served_certificate(server.port, pki) == original
+
+
+def test_certificate_name_matches_ip_alternative_name(tmp_path: Path, pki: TestPKI) -> None:
+    # The server certificate also serves as a client certificate: CN=hipfuse-node,
+    # IP subject alternative name 127.0.0.1.
+    callers = '{ ae_title = "ECHOSCU", certificate_names = ["127.0.0.1"] }'
+    with running_scp(tls_settings(tmp_path, pki, callers=callers)) as (server, _):
+        assert echo(server.port, client_context(pki, pki.server))
+        assert not echo(server.port, client_context(pki, pki.client))
