@@ -360,6 +360,10 @@ class AnalysisWorker:
         if self.destinations:
             # The SR goes out while the Secondary Captures are made: it is the
             # result radiologists read first.
+            # NOTE: after a crash before record_results the study is analysed
+            # again. Result UIDs derive from the inputs and the weights, so PACS
+            # gets the same SR again, unless the bundle changed in between: then
+            # it gets a second SR, which names the other algorithm version.
             assert selected.fingerprint is not None
             self.jobstore.queue_results(
                 uid,
