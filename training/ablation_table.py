@@ -26,7 +26,7 @@ import numpy as np
 from hipfuse.inference.types import HIP_CLASSES
 from hipfuse.training.ablation import FULL_SUBSET, AblationRuns, subset_name
 from hipfuse.training.bootstrap import patient_bootstrap, resample_statistics
-from hipfuse.training.delong import macro_delong_auc, macro_delong_test
+from hipfuse.training.delong import AUC_INTERVAL_METHOD, macro_delong_auc, macro_delong_test
 from hipfuse.training.fit_report import write_predictions
 from hipfuse.training.metrics import accuracy, class_metrics, confusion_matrix, predicted_classes
 
@@ -114,7 +114,7 @@ def ablation_table(
         probabilities = run.probabilities
         predicted = predicted_classes(probabilities)
         per_class = class_metrics(confusion_matrix(labels, predicted, probabilities.shape[1]))
-        auc = macro_delong_auc(labels, probabilities, confidence_level)
+        auc = macro_delong_auc(labels, probabilities, confidence_level, clusters=patients)
         intervals = patient_bootstrap(
             _macro_threshold_statistic(labels, probabilities),
             patients,
@@ -139,7 +139,7 @@ def ablation_table(
             comparison = None
         else:
             comparison = macro_delong_test(
-                labels, probabilities, full.probabilities, confidence_level
+                labels, probabilities, full.probabilities, confidence_level, clusters=patients
             )
         row["macro_auc_difference_vs_full"] = (
             None if comparison is None else _finite(comparison.difference)
@@ -167,7 +167,7 @@ def ablation_table(
         "n_patients": int(np.unique(patients).size),
         "excluded_test_hips": list(runs.excluded_test_hips),
         "confidence_level": confidence_level,
-        "auc_interval": "DeLong, hips taken as independent",
+        "auc_interval": AUC_INTERVAL_METHOD,
         "bootstrap": {"n_resamples": n_bootstrap, "seed": seed, "unit": "patient"},
         "settings": runs.settings,
         "rows": rows,

@@ -13,6 +13,14 @@ Biometrics 1988;44:837-845.
 Sun X, Xu W. Fast implementation of DeLong's algorithm for comparing the areas
 under correlated receiver operating characteristic curves. IEEE Signal
 Processing Letters 2014;21(11):1389-1393.
+
+Obuchowski NA. Nonparametric analysis of clustered ROC curve data.
+Biometrics 1997;53:567-578.
+
+With ``clusters`` (the patient of each hip) the variances are Obuchowski's
+clustered form of DeLong's: the structural components are summed within each
+patient before they are squared, so the correlation between the two hips of
+one patient widens the interval as it should.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import numpy as np
 from scipy import stats
 
 from hipfuse.training.metrics import UndefinedReason, validate_label_probabilities, z_quantile
+
+# How the reports name the AUC intervals and tests that pass patients as clusters.
+AUC_INTERVAL_METHOD = "DeLong, clustered by patient (Obuchowski 1997)"
 
 
 @dataclass(frozen=True)
@@ -115,21 +126,24 @@ def binary_auc(is_positive: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _delong_components(
-    is_positive: np.ndarray, scores: np.ndarray
+    is_positive: np.ndarray, scores: np.ndarray, clusters: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Return AUCs and per-case DeLong components of score rows ``[k, n_cases]``.
+    """Return AUCs and the DeLong components of score rows ``[k, n_cases]``.
 
     Structural components come from midranks (Sun & Xu 2014): for a positive
     case, ``V10 = (rank among all - rank among positives) / n``; for a negative
-    case, ``V01 = 1 - (rank among all - rank among negatives) / m``. They are
-    centred and scaled by ``1 / sqrt(m (m - 1))`` or ``1 / sqrt(n (n - 1))`` so
-    that ``components @ components.T`` is DeLong's covariance matrix
-    ``S10 / m + S01 / n``. Needs ``m, n >= 2``.
+    case, ``V01 = 1 - (rank among all - rank among negatives) / m``.
+
+    Without ``clusters`` they are centred and scaled by ``1 / sqrt(m (m - 1))``
+    or ``1 / sqrt(n (n - 1))``, one column per case, so that
+    ``components @ components.T`` is DeLong's covariance ``S10 / m + S01 / n``.
+
+    With ``clusters`` (a label per case; needs two clusters or more) the
+    centred components are scaled by ``1 / m`` or ``1 / n``, summed within each
+    cluster and multiplied by ``sqrt(I / (I - 1))`` for ``I`` clusters, one
+    column per cluster. ``components @ components.T`` is then Obuchowski's
+    clustered covariance ``S10 / m + S01 / n + 2 S11 / (m n)``. Needs ``m, n >= 2``.
     """
-    # NOTE: DeLong takes cases as independent, but the two hips of one patient
-    # are correlated, so these variances are likely too small for bilateral
-    # cohorts. Obuchowski's clustered variance (Biometrics 1997;53:567-578) is
-    # not implemented; the patient-level bootstrap intervals allow for it.
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     m = int(is_positive.sum())
     n = is_positive.size - m
@@ -140,13 +154,41 @@ def _delong_components(
     v01 = 1.0 - (rank_all[:, ~is_positive] - rank_negative) / m
     theta = v10.mean(axis=1)
     components = np.empty_like(scores)
-    components[:, is_positive] = (v10 - theta[:, None]) / np.sqrt(m * (m - 1.0))
-    components[:, ~is_positive] = (v01 - theta[:, None]) / np.sqrt(n * (n - 1.0))
-    return theta, components
+    if clusters is None:
+        components[:, is_positive] = (v10 - theta[:, None]) / np.sqrt(m * (m - 1.0))
+        components[:, ~is_positive] = (v01 - theta[:, None]) / np.sqrt(n * (n - 1.0))
+        return theta, components
+    components[:, is_positive] = (v10 - theta[:, None]) / m
+    components[:, ~is_positive] = (v01 - theta[:, None]) / n
+    _, cluster_index = np.unique(np.asarray(clusters), return_inverse=True)
+    n_clusters = int(cluster_index.max()) + 1
+    per_cluster = np.zeros((scores.shape[0], n_clusters))
+    np.add.at(per_cluster.T, cluster_index, components.T)
+    return theta, per_cluster * np.sqrt(n_clusters / (n_clusters - 1.0))
+
+
+def _check_clusters(clusters: np.ndarray | None, n_cases: int) -> np.ndarray | None:
+    """Return ``clusters`` as an array after checking it labels every case."""
+    if clusters is None:
+        return None
+    clusters = np.asarray(clusters)
+    if clusters.shape != (n_cases,):
+        raise ValueError(
+            f"clusters has shape {clusters.shape} but there are {n_cases} cases; "
+            "pass one patient ID per case"
+        )
+    return clusters
+
+
+def _too_few_clusters(clusters: np.ndarray | None) -> bool:
+    return clusters is not None and np.unique(clusters).size < 2
 
 
 def delong_auc(
-    is_positive: np.ndarray, scores: np.ndarray, confidence_level: float = 0.95
+    is_positive: np.ndarray,
+    scores: np.ndarray,
+    confidence_level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> AucEstimate:
     """Estimate the AUC of one score with its DeLong variance and normal interval.
 
@@ -159,20 +201,24 @@ def delong_auc(
         never flipped to make the AUC exceed one half.
     confidence_level
         Coverage of the interval.
+    clusters
+        Patient (or other cluster) of each case, for the clustered variance;
+        ``None`` takes the cases as independent.
     """
     z = z_quantile(confidence_level)
     is_positive = np.asarray(is_positive, dtype=bool)
+    clusters = _check_clusters(clusters, is_positive.size)
     m = int(is_positive.sum())
     n = is_positive.size - m
     reason = _missing_class_reason(m, n)
     if reason is not None:
         nan = float("nan")
         return AucEstimate(nan, nan, nan, nan, m, n, reason)
-    if m < 2 or n < 2:
+    if m < 2 or n < 2 or _too_few_clusters(clusters):
         nan = float("nan")
         auc = binary_auc(is_positive, scores)
         return AucEstimate(auc, nan, nan, nan, m, n, UndefinedReason.TOO_FEW_FOR_VARIANCE)
-    theta, components = _delong_components(is_positive, scores)
+    theta, components = _delong_components(is_positive, scores, clusters)
     auc = float(theta[0])
     variance = float(np.sum(components[0] ** 2))
     half_width = z * np.sqrt(variance)
@@ -187,14 +233,17 @@ def delong_auc(
 
 
 def one_vs_rest_auc(
-    labels: np.ndarray, probabilities: np.ndarray, confidence_level: float = 0.95
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    confidence_level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> list[AucEstimate]:
     """Return the DeLong AUC estimate of every class against all others."""
     labels = np.asarray(labels)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     validate_label_probabilities(labels, probabilities)
     return [
-        delong_auc(labels == k, probabilities[:, k], confidence_level)
+        delong_auc(labels == k, probabilities[:, k], confidence_level, clusters)
         for k in range(probabilities.shape[1])
     ]
 
@@ -269,21 +318,26 @@ def delong_test(
     scores_first: np.ndarray,
     scores_second: np.ndarray,
     confidence_level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> DeLongComparison:
     """Compare two correlated AUCs on the same cases with DeLong's paired test.
 
     ``z`` is the difference over its DeLong standard error and ``p_value`` is
-    two-sided; higher scores mean more likely positive for both.
+    two-sided; higher scores mean more likely positive for both. ``clusters``
+    (the patient of each case) gives the clustered variance.
     """
     is_positive = np.asarray(is_positive, dtype=bool)
+    clusters = _check_clusters(clusters, is_positive.size)
     m = int(is_positive.sum())
     n = is_positive.size - m
     reason = _missing_class_reason(m, n)
     if reason is not None:
         return _undefined_comparison(reason)
-    if m < 2 or n < 2:
+    if m < 2 or n < 2 or _too_few_clusters(clusters):
         return _undefined_comparison(UndefinedReason.TOO_FEW_FOR_VARIANCE)
-    theta, components = _delong_components(is_positive, np.vstack([scores_first, scores_second]))
+    theta, components = _delong_components(
+        is_positive, np.vstack([scores_first, scores_second]), clusters
+    )
     return _comparison_from_components(
         float(theta[0]), float(theta[1]), components[0] - components[1], confidence_level
     )
@@ -294,20 +348,23 @@ def macro_delong_test(
     probabilities_first: np.ndarray,
     probabilities_second: np.ndarray,
     confidence_level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> DeLongComparison:
     """Compare the macro (one-vs-rest mean) AUCs of two models on the same cases.
 
-    The variance of the macro difference sums, case by case, the DeLong
-    components of every class, so it includes the covariance between the
-    class AUCs that share cases. With one class it reduces to ``delong_test``.
+    The variance of the macro difference sums, case by case (or cluster by
+    cluster with ``clusters``), the DeLong components of every class, so it
+    includes the covariance between the class AUCs that share cases. With one
+    class it reduces to ``delong_test``.
     """
     labels = np.asarray(labels)
+    clusters = _check_clusters(clusters, labels.size)
     probabilities_first = np.asarray(probabilities_first, dtype=np.float64)
     probabilities_second = np.asarray(probabilities_second, dtype=np.float64)
     validate_label_probabilities(labels, probabilities_first)
     validate_label_probabilities(labels, probabilities_second)
     n_classes = probabilities_first.shape[1]
-    summed = np.zeros(labels.size)
+    summed: np.ndarray | float = 0.0
     aucs_first = []
     aucs_second = []
     for k in range(n_classes):
@@ -316,11 +373,12 @@ def macro_delong_test(
         n = is_positive.size - m
         if min(m, n) == 0:
             return _undefined_comparison(UndefinedReason.CLASS_AUC_UNDEFINED)
-        if min(m, n) < 2:
+        if min(m, n) < 2 or _too_few_clusters(clusters):
             return _undefined_comparison(UndefinedReason.TOO_FEW_FOR_VARIANCE)
         theta, components = _delong_components(
             is_positive,
             np.vstack([probabilities_first[:, k], probabilities_second[:, k]]),
+            clusters,
         )
         aucs_first.append(theta[0])
         aucs_second.append(theta[1])
@@ -328,13 +386,16 @@ def macro_delong_test(
     return _comparison_from_components(
         float(np.mean(aucs_first)),
         float(np.mean(aucs_second)),
-        summed / n_classes,
+        np.asarray(summed) / n_classes,
         confidence_level,
     )
 
 
 def macro_delong_auc(
-    labels: np.ndarray, probabilities: np.ndarray, confidence_level: float = 0.95
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    confidence_level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> AucEstimate:
     """Estimate the macro (one-vs-rest mean) AUC with its DeLong variance and interval.
 
@@ -342,9 +403,11 @@ def macro_delong_auc(
     before squaring, so it includes the covariance between class AUCs that
     share cases, as :func:`macro_delong_test` does for a difference.
     ``n_positive`` and ``n_negative`` are the smallest counts over the classes.
+    ``clusters`` (the patient of each case) gives the clustered variance.
     """
     z = z_quantile(confidence_level)
     labels = np.asarray(labels)
+    clusters = _check_clusters(clusters, labels.size)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     validate_label_probabilities(labels, probabilities)
     n_classes = probabilities.shape[1]
@@ -354,19 +417,19 @@ def macro_delong_auc(
     nan = float("nan")
     if m == 0 or n == 0:
         return AucEstimate(nan, nan, nan, nan, m, n, UndefinedReason.CLASS_AUC_UNDEFINED)
-    if m < 2 or n < 2:
+    if m < 2 or n < 2 or _too_few_clusters(clusters):
         aucs = [binary_auc(labels == k, probabilities[:, k]) for k in range(n_classes)]
         return AucEstimate(
             float(np.mean(aucs)), nan, nan, nan, m, n, UndefinedReason.TOO_FEW_FOR_VARIANCE
         )
-    summed = np.zeros(labels.size)
+    summed: np.ndarray | float = 0.0
     aucs = []
     for k in range(n_classes):
-        theta, components = _delong_components(labels == k, probabilities[:, k])
+        theta, components = _delong_components(labels == k, probabilities[:, k], clusters)
         aucs.append(float(theta[0]))
         summed += components[0]
     auc = float(np.mean(aucs))
-    variance = float(np.sum((summed / n_classes) ** 2))
+    variance = float(np.sum((np.asarray(summed) / n_classes) ** 2))
     half_width = z * np.sqrt(variance)
     return AucEstimate(
         auc=auc,

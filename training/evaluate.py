@@ -106,10 +106,12 @@ def evaluate_predictions(
 
         - ``model_name``, ``class_names``, ``n_cases``, ``n_patients``,
           ``confidence_level``, ``decision_rule`` (``"argmax"``),
-          ``bootstrap``: ``{"n_resamples", "seed", "unit": "patient"}``.
+          ``bootstrap``: ``{"n_resamples", "seed", "unit": "patient"}``,
+          ``auc_interval``: how the AUC intervals are computed.
         - ``auc[class]``: one-vs-rest AUC; ``auc_ci[class]``: DeLong interval
-          (cases taken as independent); ``auc_variance[class]``: DeLong
-          variance; ``auc_bootstrap_ci[class]``: patient bootstrap interval.
+          clustered by patient (Obuchowski), so the two hips of a patient are
+          not taken as independent; ``auc_variance[class]``: its variance;
+          ``auc_bootstrap_ci[class]``: patient bootstrap interval.
         - ``macro_auc``, ``macro_auc_ci``, ``micro_auc``, ``micro_auc_ci``,
           ``accuracy``, ``accuracy_ci``: intervals from the patient bootstrap.
         - ``per_class[class]``: ``support``, ``true_positives``,
@@ -147,7 +149,7 @@ def evaluate_predictions(
     predicted = metrics.predicted_classes(p)
     matrix = metrics.confusion_matrix(y, predicted, n_classes)
     per_class_metrics = metrics.class_metrics(matrix)
-    auc_estimates = delong.one_vs_rest_auc(y, p, confidence_level)
+    auc_estimates = delong.one_vs_rest_auc(y, p, confidence_level, clusters=predictions.patient_ids)
     macro_value, macro_reason = delong.macro_auc([e.auc for e in auc_estimates])
     note("macro_auc", None, macro_reason)
     micro_value = delong.micro_auc(y, p)
@@ -173,6 +175,7 @@ def evaluate_predictions(
         "confidence_level": confidence_level,
         "decision_rule": "argmax",
         "bootstrap": {"n_resamples": n_bootstrap, "seed": seed, "unit": "patient"},
+        "auc_interval": delong.AUC_INTERVAL_METHOD,
         "auc": {},
         "auc_ci": {},
         "auc_variance": {},

@@ -70,9 +70,10 @@ def compare_models(
     """Compare every pair of models on the same hips.
 
     For each pair (in input order, ``first`` before ``second``) the result
-    contains the paired DeLong test of each class AUC and of the macro AUC, and a
-    patient-level paired bootstrap interval of the macro AUC difference, which
-    unlike DeLong allows for two correlated hips per patient.
+    contains the paired DeLong test of each class AUC and of the macro AUC,
+    clustered by patient (Obuchowski) so that two correlated hips of one
+    patient are not taken as independent, and a patient-level paired
+    bootstrap interval of the macro AUC difference.
 
     Returns
     -------
@@ -100,13 +101,16 @@ def compare_models(
         y = first.labels[rows_first]
         p_first = first.probabilities[rows_first]
         p_second = second.probabilities[rows_second]
+        patients = first.patient_ids[rows_first]
         per_class = {
             name: _comparison_entry(
-                delong.delong_test(y == k, p_first[:, k], p_second[:, k], confidence_level)
+                delong.delong_test(
+                    y == k, p_first[:, k], p_second[:, k], confidence_level, clusters=patients
+                )
             )
             for k, name in enumerate(class_names)
         }
-        macro = delong.macro_delong_test(y, p_first, p_second, confidence_level)
+        macro = delong.macro_delong_test(y, p_first, p_second, confidence_level, clusters=patients)
         statistic_first = bootstrap.resample_statistics(y, p_first)
         statistic_second = bootstrap.resample_statistics(y, p_second)
 
@@ -117,7 +121,7 @@ def compare_models(
 
         interval = bootstrap.patient_bootstrap(
             macro_difference,
-            first.patient_ids[rows_first],
+            patients,
             n_resamples=n_bootstrap,
             seed=seed,
             confidence_level=confidence_level,
@@ -142,5 +146,6 @@ def compare_models(
         "class_names": list(class_names),
         "confidence_level": confidence_level,
         "bootstrap": {"n_resamples": n_bootstrap, "seed": seed, "unit": "patient"},
+        "delong": delong.AUC_INTERVAL_METHOD,
         "comparisons": comparisons,
     }

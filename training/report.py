@@ -207,9 +207,9 @@ def _limitations(config: BundleConfig) -> list[str]:
         items.append("Research bundle: not for clinical use.")
     items.extend(
         [
-            "DeLong intervals treat the two hips of a patient as independent, so they are "
-            "likely too narrow for bilateral cohorts; the patient bootstrap intervals allow "
-            "for the correlation.",
+            "DeLong intervals and tests are clustered by patient (Obuchowski), so the "
+            "correlation between the two hips of one patient widens them, as it does the "
+            "patient bootstrap intervals.",
             "Grad-CAM maps explain the predicted class at the resolution of the last "
             "convolutional stage; they show where the model looked, not a lesion outline.",
             "Figures hold for the cohort evaluated; a new centre, scanner or population needs "

@@ -82,7 +82,9 @@ def test_table_p_values_are_paired_delong_against_full():
 
     full = runs.runs[-1].probabilities
     for run, row in zip(runs.runs, table["rows"], strict=True):
-        expected = delong.macro_delong_test(runs.labels, run.probabilities, full)
+        expected = delong.macro_delong_test(
+            runs.labels, run.probabilities, full, clusters=np.asarray(runs.patient_ids)
+        )
         assert row["p_value_vs_full"] == pytest.approx(expected.p_value)
         assert row["macro_auc_difference_vs_full"] == pytest.approx(expected.difference)
     assert table["rows"][-1]["p_value_vs_full"] == 1.0

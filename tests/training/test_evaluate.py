@@ -124,12 +124,17 @@ def test_per_class_intervals_bracket_estimates(result, metric):
         assert low <= result["per_class"][name][metric] <= high
 
 
-def test_auc_ci_is_delong(cohort, result):
-    labels, _, probabilities = cohort
-    estimate = delong.delong_auc(labels == CLASS_NAMES[2], probabilities[:, 2])
+def test_auc_ci_is_delong_clustered_by_patient(cohort, result):
+    labels, patient_ids, probabilities = cohort
+    estimate = delong.delong_auc(
+        labels == CLASS_NAMES[2], probabilities[:, 2], clusters=np.asarray(patient_ids)
+    )
+    independent = delong.delong_auc(labels == CLASS_NAMES[2], probabilities[:, 2])
 
     assert result["auc_ci"][CLASS_NAMES[2]] == [estimate.ci_low, estimate.ci_high]
     assert result["auc_variance"][CLASS_NAMES[2]] == estimate.variance
+    assert estimate.variance != independent.variance
+    assert result["auc_interval"] == delong.AUC_INTERVAL_METHOD
 
 
 def test_calibration_section_matches_sklearn(cohort, result):
@@ -396,6 +401,8 @@ def _two_model_csv(tmp_path, shuffle_second=False, seed=0):
 
 def test_two_models_pair_by_case_id(tmp_path):
     path, labels, fusion, weaker = _two_model_csv(tmp_path, shuffle_second=True)
+    _, patient_ids, _ = _cohort(60, seed=0)
+    patients = np.asarray(patient_ids)
 
     by_model = predictions_io.read_predictions_csv(path)
     comparison = model_comparison.compare_models(by_model, n_bootstrap=200, seed=1)
@@ -404,11 +411,11 @@ def test_two_models_pair_by_case_id(tmp_path):
     pair = comparison["comparisons"][0]
     assert (pair["first"], pair["second"], pair["n_cases"]) == ("fusion", "xray_only", 120)
     name = CLASS_NAMES[0]
-    expected = delong.delong_test(labels == name, fusion[:, 0], weaker[:, 0])
+    expected = delong.delong_test(labels == name, fusion[:, 0], weaker[:, 0], clusters=patients)
     assert pair["per_class"][name]["z"] == pytest.approx(expected.z, rel=1e-9)
     assert pair["per_class"][name]["p_value"] == pytest.approx(expected.p_value, rel=1e-9)
     y = np.array([CLASS_NAMES.index(v) for v in labels])
-    macro = delong.macro_delong_test(y, fusion, weaker)
+    macro = delong.macro_delong_test(y, fusion, weaker, clusters=patients)
     assert pair["macro"]["z"] == pytest.approx(macro.z, rel=1e-9)
     low, high = pair["macro_difference_bootstrap_ci"]
     assert low < pair["macro"]["difference"] < high

@@ -240,3 +240,161 @@ def test_macro_delong_absent_class_is_undefined():
 
     assert np.isnan(result.z)
     assert result.reason is UndefinedReason.CLASS_AUC_UNDEFINED
+
+
+# --- Clustered (two hips per patient) -----------------------------------------
+
+
+def _direct_clustered_variance(is_positive, scores, clusters):
+    """Obuchowski's clustered variance written out with S10, S01 and S11, O(m·n)."""
+    positives = np.flatnonzero(is_positive)
+    negatives = np.flatnonzero(~is_positive)
+    m, n = positives.size, negatives.size
+    psi = (scores[positives][:, None] > scores[negatives][None, :]) + 0.5 * (
+        scores[positives][:, None] == scores[negatives][None, :]
+    )
+    auc = psi.mean()
+    v10 = dict(zip(positives, psi.mean(axis=1), strict=True))
+    v01 = dict(zip(negatives, psi.mean(axis=0), strict=True))
+    labels = np.unique(clusters)
+    i = labels.size
+    s10 = s01 = s11 = 0.0
+    for label in labels:
+        members = np.flatnonzero(clusters == label)
+        pos = [u for u in members if is_positive[u]]
+        neg = [u for u in members if not is_positive[u]]
+        a = sum(v10[u] for u in pos) - len(pos) * auc
+        b = sum(v01[u] for u in neg) - len(neg) * auc
+        s10 += a * a
+        s01 += b * b
+        s11 += a * b
+    s10 *= i / ((i - 1) * m)
+    s01 *= i / ((i - 1) * n)
+    s11 *= i / (i - 1)
+    return auc, s10 / m + s01 / n + 2 * s11 / (m * n)
+
+
+def _direct_clustered_covariance(is_positive, score_rows, clusters):
+    """Clustered covariance matrix of several AUCs on the same cases, term by term."""
+    positives = np.flatnonzero(is_positive)
+    negatives = np.flatnonzero(~is_positive)
+    m, n = positives.size, negatives.size
+    labels = np.unique(clusters)
+    i = labels.size
+    sums = []
+    for scores in score_rows:
+        x, y = scores[positives][:, None], scores[negatives][None, :]
+        psi = (x > y) + 0.5 * (x == y)
+        auc = psi.mean()
+        v10 = np.zeros(scores.size)
+        v01 = np.zeros(scores.size)
+        v10[positives] = psi.mean(axis=1)
+        v01[negatives] = psi.mean(axis=0)
+        a = np.array([v10[clusters == c].sum() - (is_positive & (clusters == c)).sum() * auc
+                      for c in labels])  # fmt: skip
+        b = np.array([v01[clusters == c].sum() - (~is_positive & (clusters == c)).sum() * auc
+                      for c in labels])  # fmt: skip
+        sums.append((a, b))
+    covariance = np.empty((len(score_rows), len(score_rows)))
+    for r, (a_r, b_r) in enumerate(sums):
+        for c, (a_c, b_c) in enumerate(sums):
+            total = a_r @ a_c / m**2 + b_r @ b_c / n**2 + (a_r @ b_c + b_r @ a_c) / (m * n)
+            covariance[r, c] = i / (i - 1) * total
+    return covariance
+
+
+def _bilateral_scores(n_patients, seed, correlation=0.95, noise=0.5):
+    """Two hips per patient whose outcomes and scores are strongly correlated."""
+    rng = np.random.default_rng(seed)
+    patient_risk = rng.normal(size=n_patients)
+    clusters = np.repeat(np.arange(n_patients), 2)
+    shared = np.repeat(patient_risk, 2)
+    own = rng.normal(size=2 * n_patients)
+    latent = np.sqrt(correlation) * shared + np.sqrt(1 - correlation) * own
+    is_positive = latent + rng.normal(scale=0.3, size=latent.size) > 0.6
+    scores = latent + rng.normal(scale=noise, size=latent.size)
+    return is_positive, scores, clusters
+
+
+def test_clustered_variance_matches_direct_formula():
+    is_positive, scores, clusters = _bilateral_scores(40, 71)
+    scores = np.round(scores, 1)  # ties as well
+
+    estimate = delong.delong_auc(is_positive, scores, clusters=clusters)
+    auc, variance = _direct_clustered_variance(is_positive, scores, clusters)
+
+    assert estimate.auc == pytest.approx(auc, rel=1e-12)
+    assert estimate.variance == pytest.approx(variance, rel=1e-10)
+
+
+def test_clustered_singletons_close_to_delong():
+    is_positive, scores, _ = _correlated_scores(200, 81)
+
+    clustered = delong.delong_auc(is_positive, scores, clusters=np.arange(200))
+    independent = delong.delong_auc(is_positive, scores)
+
+    # Only the small-sample factors differ: I / (I - 1) against m / (m - 1).
+    assert clustered.variance == pytest.approx(independent.variance, rel=0.02)
+
+
+def test_clustered_variance_close_to_patient_bootstrap():
+    is_positive, scores, clusters = _bilateral_scores(300, 91)
+    rng = np.random.default_rng(4)
+    members = np.arange(600).reshape(300, 2)
+    boot = [
+        delong.binary_auc(is_positive[rows], scores[rows])
+        for rows in (members[rng.integers(0, 300, 300)].ravel() for _ in range(2000))
+    ]
+
+    clustered = delong.delong_auc(is_positive, scores, clusters=clusters).variance
+    independent = delong.delong_auc(is_positive, scores).variance
+
+    # Bootstrap variance from 2000 resamples has a relative SD of about 3 %.
+    assert clustered == pytest.approx(np.var(boot, ddof=1), rel=0.1)
+    # Correlated hips: taking them as independent understates the variance.
+    assert independent < 0.88 * np.var(boot, ddof=1)
+
+
+def test_clustered_paired_test_matches_direct_formula():
+    is_positive, scores_a, clusters = _bilateral_scores(50, 101)
+    scores_b = scores_a + np.random.default_rng(5).normal(scale=0.7, size=scores_a.size)
+
+    result = delong.delong_test(is_positive, scores_a, scores_b, clusters=clusters)
+    covariance = _direct_clustered_covariance(is_positive, [scores_a, scores_b], clusters)
+
+    expected = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    assert result.variance == pytest.approx(expected, rel=1e-10)
+    assert result.z == pytest.approx(result.difference / np.sqrt(expected), rel=1e-10)
+
+
+def test_clustered_single_patient_is_undefined():
+    is_positive = np.array([True, True, False, False])
+    scores = np.array([0.9, 0.8, 0.2, 0.1])
+
+    estimate = delong.delong_auc(is_positive, scores, clusters=np.zeros(4))
+
+    assert np.isnan(estimate.variance)
+    assert estimate.reason is UndefinedReason.TOO_FEW_FOR_VARIANCE
+
+
+def test_clusters_of_wrong_length_raise():
+    with pytest.raises(ValueError, match="one patient ID per case"):
+        delong.delong_auc(np.array([True, False, True]), np.zeros(3), clusters=np.zeros(2))
+
+
+def test_clustered_macro_binary_equals_single_class():
+    is_positive, scores_a, clusters = _bilateral_scores(60, 111)
+    scores_b = scores_a + np.random.default_rng(6).normal(scale=0.7, size=scores_a.size)
+    probability_a = 1 / (1 + np.exp(-scores_a))
+    probability_b = 1 / (1 + np.exp(-scores_b))
+
+    macro = delong.macro_delong_test(
+        is_positive.astype(int),
+        np.column_stack([1 - probability_a, probability_a]),
+        np.column_stack([1 - probability_b, probability_b]),
+        clusters=clusters,
+    )
+    single = delong.delong_test(is_positive, probability_a, probability_b, clusters=clusters)
+
+    assert macro.variance == pytest.approx(single.variance, rel=1e-10)
+    assert macro.z == pytest.approx(single.z, rel=1e-10)
