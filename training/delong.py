@@ -32,7 +32,7 @@ from scipy import stats
 
 from hipfuse.training.metrics import UndefinedReason, validate_label_probabilities, z_quantile
 
-# How the reports name the AUC intervals and tests that pass patients as clusters.
+# Name of the AUC interval and test method in reports that pass patients as clusters.
 AUC_INTERVAL_METHOD = "DeLong, clustered by patient (Obuchowski 1997)"
 
 
