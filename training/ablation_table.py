@@ -200,7 +200,7 @@ def format_table(table: dict[str, Any]) -> str:
     )
     lines = [
         f"modality ablation on {table['n_hips']} test hips of {table['n_patients']} patients "
-        "(AUC interval DeLong, others patient bootstrap)",
+        "(AUC interval DeLong clustered by patient, others patient bootstrap)",
         header,
         "-" * len(header),
     ]
