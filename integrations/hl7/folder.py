@@ -265,10 +265,10 @@ class HL7FolderWatcher:
                 try:
                     self.rescan()
                 except OSError as exc:
-                    log.error("hl7_folder_rescan_failed", error=exc.strerror)
+                    log.error("hl7_folder_rescan_failed", error=exc.strerror or type(exc).__name__)
             try:
                 self.process_ready()
             except OSError as exc:
                 # A file that could not be moved is queued again by the next rescan,
                 # and its messages come back as duplicates.
-                log.error("hl7_folder_processing_failed", error=exc.strerror)
+                log.error("hl7_folder_processing_failed", error=exc.strerror or type(exc).__name__)
