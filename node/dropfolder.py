@@ -11,7 +11,8 @@ events (NFS and SMB mounts).
 
 A taken file is read, its File Meta Information is checked (Part 10 format,
 Media Storage SOP Class and Instance UIDs, a transfer syntax the SCP
-accepts), and the file goes through :meth:`StorageSCP.store_part10
+accepts), a file that ends before its data set does is rejected, and the
+file goes through :meth:`StorageSCP.store_part10
 <hipfuse.node.scp.StorageSCP.store_part10>`, exactly as a received instance
 does. The original is deleted only after the instance is spooled and
 recorded. A file that is not DICOM or fails a check moves to ``failed/``
@@ -43,6 +44,7 @@ from pydicom.errors import InvalidDicomError
 from watchdog.observers import Observer
 
 from hipfuse.integrations.watched_folder import FolderEvents, SettlingFiles, WatchThread, free_name
+from hipfuse.node.header import HeaderError, find_truncation
 from hipfuse.node.scp import STORAGE_TRANSFER_SYNTAXES, StoreStatus
 from hipfuse.node.spool import SPOOL_DIR_NAME, InvalidUIDError, validate_uid
 
@@ -270,6 +272,7 @@ class DropFolderWatcher:
         try:
             meta = read_file_meta(data)
             ids["sop_instance_uid"] = meta.sop_instance_uid
+            _check_complete(data)
             outcome = self.storage_scp.store_part10(
                 data,
                 requested_class=meta.sop_class_uid,
@@ -368,6 +371,22 @@ class DropFolderWatcher:
                 self.process_ready()
             except Exception:  # one bad file must not stop the folder, so the error is only logged
                 log.exception("dropfolder_processing_failed")
+
+
+def _check_complete(data: bytes) -> None:
+    """Reject a file that ends before its data set does, such as an interrupted export.
+
+    Raises
+    ------
+    _FileRejectedError
+        The file is cut short or cannot be parsed.
+    """
+    try:
+        truncation = find_truncation(data)
+    except HeaderError as error:
+        raise _FileRejectedError(str(error)) from error
+    if truncation is not None:
+        raise _FileRejectedError(f"the file is incomplete: {truncation}; export the instance again")
 
 
 @dataclass(frozen=True)

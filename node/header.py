@@ -14,6 +14,7 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
+from pydicom.filereader import data_element_generator
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
@@ -106,3 +107,65 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     return str(value).strip(" \x00")
+
+
+# Sequence Delimitation Item (FFFE,E0DD) with length 0, little and big endian
+# (PS3.5 section 7.5): the last bytes of a data set whose last element has
+# undefined length, such as encapsulated Pixel Data.
+_SEQUENCE_DELIMITERS = (b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", b"\xff\xfe\xe0\xdd\x00\x00\x00\x00")
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def find_truncation(part10: bytes | bytearray | memoryview) -> str | None:
+    """Return why a Part 10 byte stream ends before its data set does, or ``None``.
+
+    pydicom reads a file cut short without an error: a value that runs past
+    the end comes back shorter, and the elements after it are missing. So the
+    last element is checked against the end of the bytes: a defined length
+    must fit, and an undefined length must end with its delimiter. A deflated
+    data set, or File Meta Information without its group length, is not
+    checked.
+
+    Raises
+    ------
+    HeaderError
+        The bytes are not a readable DICOM data set.
+    """
+    data = bytes(part10)
+    try:
+        meta = pydicom.dcmread(BytesIO(data), stop_before_pixels=True, specific_tags=[]).file_meta
+    except Exception as exc:  # as in read_header: every parse failure is one error
+        raise HeaderError(f"data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    transfer_syntax = meta.get("TransferSyntaxUID")
+    group_length = meta.get("FileMetaInformationGroupLength")
+    if transfer_syntax is None or group_length is None or transfer_syntax.is_deflated:
+        return None
+    # Preamble (128), "DICM" (4), then the group length element (12 bytes) and its group.
+    fp = BytesIO(data)
+    fp.seek(128 + 4 + 12 + int(group_length))
+    last = None
+    try:
+        # Values over 1 KiB are skipped, not read: only offsets and lengths count.
+        elements = data_element_generator(
+            fp, transfer_syntax.is_implicit_VR, transfer_syntax.is_little_endian, defer_size=1024
+        )
+        for element in elements:
+            last = element
+    except EOFError as exc:  # a value of undefined length whose delimiter is missing
+        return f"the file ends inside the data set ({exc})"
+    except Exception as exc:
+        raise HeaderError(f"data set cannot be parsed: {type(exc).__name__}: {exc}") from exc
+    if last is None:
+        return "the data set is empty after the File Meta Information"
+    length = getattr(last, "length", None)
+    value_tell = getattr(last, "value_tell", None)
+    if length is None or value_tell is None:
+        return None
+    if length == _UNDEFINED_LENGTH:
+        if data[-8:] in _SEQUENCE_DELIMITERS:
+            return None
+        return f"{last.tag} of undefined length has no closing delimiter at the end of the file"
+    if value_tell + length > len(data):
+        missing = value_tell + length - len(data)
+        return f"{last.tag} needs {length} bytes but the file ends {missing} bytes short"
+    return None

@@ -106,8 +106,8 @@ def decode_frame(ds: Dataset, path: Path | None, frame_index: int | None = None)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(
             ErrorCode.PIXEL_DATA_INVALID,
-            f"{path} has no Pixel Data (7FE0,0010); pass an image object, not "
-            "a report or presentation state",
+            f"{path} has no Pixel Data (7FE0,0010): the file is cut short, or it is "
+            "not an image (a report or presentation state); pass a complete image object",
         )
     check_decoder_available(ds, path)
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ingest_helpers import ct_dataset, write_dataset, write_settings
+from ingest_helpers import XRAY_SAMPLES, ct_dataset, write_dataset, write_settings
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from worker_helpers import FakeClock
@@ -195,16 +195,36 @@ def _mpeg2_transfer_syntax(path: Path) -> None:
     write_dataset(ds, path)
 
 
+def _truncated_ct(path: Path) -> None:
+    write_dataset(ct_dataset(generate_uid(), generate_uid(), 0), path)
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def _truncated_radiograph(path: Path) -> None:
+    # A real JPEG-compressed radiograph: encapsulated Pixel Data of undefined length.
+    path.write_bytes(XRAY_SAMPLES[0].read_bytes()[:5000])
+
+
 @pytest.mark.parametrize(
     ("write", "reason"),
     [
+        (_truncated_ct, r"incomplete: \(7FE0,0010\) needs \d+ bytes but the file ends 100 bytes"),
+        (_truncated_radiograph, "incomplete: the file ends inside the data set"),
         (_not_dicom, "not a DICOM Part 10 file"),
         (_invalid_study_uid, "C000 Cannot understand: invalid StudyInstanceUID"),
         (_meta_names_other_instance, "A900 .*SOP Instance UID differs from the request"),
         (_dicomdir, "a DICOMDIR"),
         (_mpeg2_transfer_syntax, "Transfer Syntax UID 1.2.840.10008.1.2.4.100 is not accepted"),
     ],
-    ids=["not-dicom", "invalid-study-uid", "meta-mismatch", "dicomdir", "mpeg2"],
+    ids=[
+        "truncated-ct",
+        "truncated-radiograph",
+        "not-dicom",
+        "invalid-study-uid",
+        "meta-mismatch",
+        "dicomdir",
+        "mpeg2",
+    ],
 )
 def test_dropfolder_moves_rejected_to_failed(drop: Drop, write, reason: str) -> None:
     source = drop.folder / "STUDY1" / "file0001"
