@@ -65,6 +65,10 @@ class HL7Settings(Section):
     window_before_days: NonNegativeDays = 365.0
     window_after_days: NonNegativeDays = 7.0
     history_before_days: NonNegativeDays = 3650.0
+    # Days an accepted message (raw bytes and texts) stays in the HL7 store;
+    # rejected messages and the watch folder's done/ and failed/ files follow
+    # [storage] retention_days.
+    retention_days: Annotated[float, Field(gt=0)] = 3650.0
 
     @model_validator(mode="after")
     def _check_processing_ids(self) -> HL7Settings:

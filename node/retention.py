@@ -10,6 +10,12 @@ A study qualifies when it has been ``done`` with all results sent, or
 it is pending, running or failed.
 The job store keeps the study's rows and marks it purged, and the audit
 trail gets one ``data_deleted`` row per study.
+
+With an HL7 store, a pass also deletes accepted messages received more than
+``[hl7] retention_days`` ago, rejected messages older than ``[storage]
+retention_days``, and files of the HL7 watch folder's ``done/`` and
+``failed/`` not modified for ``[storage] retention_days``. The event
+``hl7_data_deleted`` records the counts.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from pathlib import Path
 
 import structlog
 
+from hipfuse.config.clinical_text import HL7Settings
 from hipfuse.config.settings import StorageSettings
+from hipfuse.integrations.hl7.folder import purge_processed_files
+from hipfuse.integrations.hl7.store import HL7Store
 from hipfuse.node.durable_files import fsync_dir
 from hipfuse.node.jobstore import JobStore
 from hipfuse.node.jobstore_retention import DeletedFiles
@@ -106,12 +115,17 @@ class Housekeeper:
         data_dir: Path,
         settings: StorageSettings,
         clock: Callable[[], float] = time.time,
+        *,
+        hl7_store: HL7Store | None = None,
+        hl7_settings: HL7Settings | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.spool_root = Path(data_dir) / SPOOL_DIR_NAME
         self.outbox_root = Path(data_dir) / OUTBOX_DIR_NAME
         self.settings = settings
         self.clock = clock
+        self.hl7_store = hl7_store
+        self.hl7_settings = hl7_settings
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Run a pass at once, then every ``interval_s`` seconds until ``stop`` is set."""
@@ -143,6 +157,8 @@ class Housekeeper:
                 seen.add(uid)
                 if self.jobstore.begin_purge(uid, cutoff):
                     outcomes.append(self._purge(uid))
+        if self.hl7_store is not None and self.hl7_settings is not None:
+            self._purge_hl7(self.hl7_store, self.hl7_settings, cutoff)
         deleted = [outcome for outcome in outcomes if outcome.deleted is not None]
         if outcomes:
             log.info(
@@ -154,6 +170,21 @@ class Housekeeper:
                 retention_days=self.settings.retention_days,
             )
         return outcomes
+
+    def _purge_hl7(self, store: HL7Store, settings: HL7Settings, cutoff: float) -> None:
+        """Delete HL7 messages and processed watch-folder files past their retention."""
+        messages_before = self.clock() - settings.retention_days * SECONDS_PER_DAY
+        accepted, rejected = store.purge(messages_before=messages_before, rejected_before=cutoff)
+        files = 0
+        if settings.watch_dir is not None:
+            try:
+                files = purge_processed_files(settings.watch_dir, cutoff)
+            except OSError as error:
+                log.error("hl7_files_purge_failed", error=error.strerror or type(error).__name__)
+        if accepted or rejected or files:
+            details = {"messages": accepted, "rejected_messages": rejected, "files": files}
+            self.jobstore.record_event("hl7_data_deleted", details=details)
+            log.info("hl7_data_deleted", **details)
 
     def _purge(self, uid: str, *, resumed: bool = False) -> PurgeOutcome:
         """Delete one ``purging`` study's folders and mark it purged."""

@@ -291,7 +291,14 @@ class NodeService:
             )
             self.senders[destination.name] = sender
             self._spawn(f"sender-{destination.name}", sender.run, interval)
-        housekeeper = Housekeeper(jobstore, data_dir, settings.storage, clock=self.clock)
+        housekeeper = Housekeeper(
+            jobstore,
+            data_dir,
+            settings.storage,
+            clock=self.clock,
+            hl7_store=self.hl7_store,
+            hl7_settings=settings.hl7,
+        )
         self._spawn("housekeeping", housekeeper.run, settings.storage.housekeeping_interval_s)
         # The model, the imported modules and the settings live as long as the
         # process. Frozen, they are no longer scanned by the collector's full

@@ -272,3 +272,27 @@ class HL7FolderWatcher:
                 # A file that could not be moved is queued again by the next rescan,
                 # and its messages come back as duplicates.
                 log.error("hl7_folder_processing_failed", error=exc.strerror or type(exc).__name__)
+
+
+def purge_processed_files(watch_dir: Path, before: float) -> int:
+    """Delete files in ``done/`` and ``failed/`` last modified before ``before``.
+
+    Their messages are in the HL7 store, which keeps them for its own
+    retention time. Returns the number of files deleted.
+    """
+    deleted = 0
+    for folder in (Path(watch_dir) / DONE_DIR_NAME, Path(watch_dir) / FAILED_DIR_NAME):
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if entry.stat(follow_symlinks=False).st_mtime >= before:
+                    continue
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue
+                deleted += 1
+    return deleted

@@ -356,6 +356,21 @@ class HL7Store:
             raise KeyError(f"no HL7 message with id {message_id}")
         return bytes(row[0])
 
+    def purge(self, *, messages_before: float, rejected_before: float) -> tuple[int, int]:
+        """Delete accepted messages and rejected ones received before the given times.
+
+        The texts, patient IDs and order numbers of a deleted message go with
+        it. Returns the numbers of accepted and rejected messages deleted.
+        """
+        with self._transaction() as db:
+            accepted = db.execute(
+                "DELETE FROM messages WHERE received_at < ?", (messages_before,)
+            ).rowcount
+            rejected = db.execute(
+                "DELETE FROM rejected WHERE received_at < ?", (rejected_before,)
+            ).rowcount
+        return int(accepted), int(rejected)
+
     def message_count(self) -> int:
         """Return the number of accepted messages."""
         with self._lock:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,14 @@ from ingest_helpers import ct_dataset, free_port, instance_record, write_setting
 from pydicom.uid import generate_uid
 from worker_helpers import FakeClock
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integrations"))
+from hl7_builders import message, msh, oru, pid
+
 import hipfuse.node.retention
+from hipfuse.config.clinical_text import HL7Settings
 from hipfuse.config.settings import StorageSettings, StudySettings
+from hipfuse.integrations.hl7.intake import HL7Intake
+from hipfuse.integrations.hl7.store import HL7Store
 from hipfuse.node.assembly import StudyAssembler
 from hipfuse.node.audit import AuditEventType
 from hipfuse.node.jobstore import JobStore
@@ -236,3 +244,40 @@ def test_scp_answers_a700_while_purging(tmp_path: Path) -> None:
     assert not exists_while_purging
     assert statuses_after == [0]
     assert late_file.exists()
+
+
+def test_retention_purges_old_hl7_messages_and_files(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    watch_dir = tmp_path / "hl7in"
+    settings = HL7Settings(enabled=True, watch_dir=watch_dir, retention_days=90.0)
+    hl7_store = HL7Store.in_data_dir(tmp_path / "data", clock=clock)
+    intake = HL7Intake(hl7_store, settings)
+    intake.process(oru("OLD1", "note from long ago").encode(), "test")
+    intake.process(message(msh("BAD1", version="2.1"), pid()).encode(), "test")
+    clock.advance(60 * SECONDS_PER_DAY)
+    intake.process(oru("NEW1", "recent note").encode(), "test")
+    done = watch_dir / "done"
+    done.mkdir(parents=True)
+    old_file, new_file = done / "old.hl7", done / "new.hl7"
+    old_file.write_text("MSH|")
+    new_file.write_text("MSH|")
+    clock.advance(40 * SECONDS_PER_DAY)  # OLD1 is now 100 days old, NEW1 40 days
+    os.utime(old_file, (START, START))
+    os.utime(new_file, (clock() - SECONDS_PER_DAY,) * 2)
+
+    with JobStore.in_data_dir(tmp_path / "data", clock=clock) as store:
+        housekeeper = Housekeeper(
+            store, tmp_path / "data", RETENTION, clock=clock,
+            hl7_store=hl7_store, hl7_settings=settings,
+        )  # fmt: skip
+        housekeeper.run_once()
+        events = [e for e in store.list_events() if e.event == "hl7_data_deleted"]
+
+    # Accepted messages follow [hl7] retention_days (90), the rest [storage] (30).
+    assert hl7_store.message_count() == 1
+    assert {text.control_id for text in hl7_store.find_texts("HIP001")} == {"NEW1"}
+    assert hl7_store.rejected_messages() == []
+    assert not old_file.exists()
+    assert new_file.exists()
+    assert [e.details for e in events] == [{"messages": 1, "rejected_messages": 1, "files": 1}]
+    hl7_store.close()
