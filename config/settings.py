@@ -314,6 +314,28 @@ class Settings(BaseSettings):
             raise SettingsKeyError("destinations", f"name(s) {duplicates} are used more than once")
         return self
 
+    @model_validator(mode="after")
+    def _check_listener_ports(self) -> Settings:
+        # Every listener the node opens: (dotted key of the port, address, port).
+        listeners = [("node.port", self.node.bind_address, self.node.port)]
+        if self.hl7.enabled:
+            listeners.append(("hl7.port", self.hl7.bind_address, self.hl7.port))
+        if self.http.enabled:
+            listeners.append(("http.port", self.http.bind_address, self.http.port))
+        # Port 0 lets the operating system choose a free port, so it never clashes.
+        listeners = [listener for listener in listeners if listener[2] != 0]
+        for index, (key, address, port) in enumerate(listeners):
+            for other_key, other_address, other_port in listeners[:index]:
+                # A wildcard address takes the port on every address.
+                wildcard = {"0.0.0.0", "::"} & {str(address), str(other_address)}
+                if port == other_port and (address == other_address or wildcard):
+                    raise SettingsKeyError(
+                        key,
+                        f"port {port} is also {other_key} on {other_address}; "
+                        "give each listener its own port",
+                    )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -160,11 +160,11 @@ def _load(config: Path) -> tuple[Settings | None, list[str]]:
 
 def check_config(config: Path) -> int:
     """Print every problem of a settings file; exit status 2 when there is one."""
-    from hipfuse.node.service import runtime_problems
+    from hipfuse.node.service import bundle_problems, resolve_bundle_dir, runtime_problems
 
     settings, lines = _load(config)
     if settings is not None:
-        problems = runtime_problems(settings)
+        problems = runtime_problems(settings) + bundle_problems(settings)
         if problems:
             lines = [f"settings in {config} that cannot be used on this host:"] + [
                 f"  {path}: {reason}" for path, reason in problems
@@ -172,14 +172,16 @@ def check_config(config: Path) -> int:
     if lines:
         print("\n".join(lines), file=sys.stderr)
         return EXIT_INVALID_SETTINGS
-    node, hl7 = settings.node, settings.hl7
+    node, hl7, dropfolder = settings.node, settings.hl7, settings.dropfolder
     hl7_state = f"on {hl7.bind_address}:{hl7.port}" if hl7.enabled else "off"
     print(
         f"{config}: valid; node {node.ae_title} on {node.bind_address}:{node.port}"
         f"{' with DICOM TLS' if node.tls.enabled else ''}, "
         f"{len(node.allowed_callers)} allowed caller(s), "
         f"{len(settings.destinations)} destination(s), data_dir {settings.storage.data_dir}, "
-        f"HL7 {hl7_state}, FHIR {'on' if settings.fhir.enabled else 'off'}"
+        f"bundle {resolve_bundle_dir(settings)}, HL7 {hl7_state}, "
+        f"FHIR {'on' if settings.fhir.enabled else 'off'}, "
+        f"drop folder {dropfolder.dir if dropfolder.enabled else 'off'}"
     )
     return EXIT_OK
 

@@ -79,6 +79,25 @@ def resolve_bundle_dir(settings: Settings, override: Path | None = None) -> Path
     return DEFAULT_BUNDLE_DIR
 
 
+def bundle_problems(settings: Settings, override: Path | None = None) -> list[tuple[str, str]]:
+    """Return ``[model] bundle_dir`` as a (path, reason) problem when it is not a folder.
+
+    Only the folder is checked, before torch is imported; loading the bundle
+    checks its files.
+    """
+    bundle_dir = resolve_bundle_dir(settings, override)
+    if bundle_dir.is_dir():
+        return []
+    return [
+        (
+            "model.bundle_dir",
+            f"model bundle {bundle_dir} cannot be loaded: no such folder (set "
+            "[model] bundle_dir, or build the demo bundle with "
+            "hipfuse-train demo-bundle --out bundles/demo)",
+        )
+    ]
+
+
 def _torch_device(device: str) -> str | None:
     # load_bundle picks CUDA when available for None, which is what "auto" means.
     return None if device == "auto" else device
@@ -154,13 +173,10 @@ class NodeService:
         problems = runtime_problems(self.settings)
         if problems:
             raise ServiceError("; ".join(f"{path}: {reason}" for path, reason in problems))
-        if not self.bundle_dir.is_dir():
+        missing_bundle = bundle_problems(self.settings, self.bundle_dir)
+        if missing_bundle:
             # Checked before torch is imported, so a wrong path fails at once.
-            raise ServiceError(
-                f"model bundle {self.bundle_dir} cannot be loaded: no such folder (set "
-                "[model] bundle_dir, or build the demo bundle with "
-                "hipfuse-train demo-bundle --out bundles/demo)"
-            )
+            raise ServiceError(missing_bundle[0][1])
 
         from hipfuse.inference.model.bundle import BundleError, load_bundle
         from hipfuse.inference.pipeline import analyze_study

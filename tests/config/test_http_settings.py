@@ -61,3 +61,36 @@ def test_http_port_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert http.port == 19180
     assert http.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("[node]\nport = 11180\n", "http.port", "port 11180 is also node.port on 127.0.0.1"),
+        ("[hl7]\nenabled = true\nport = 11112\n", "hl7.port", "port 11112 is also node.port"),
+        (
+            '[node]\nbind_address = "0.0.0.0"\nport = 11180\n',
+            "http.port",
+            "port 11180 is also node.port on 0.0.0.0",
+        ),
+    ],
+    ids=["http-on-node-port", "hl7-on-node-port", "wildcard-node-address"],
+)
+def test_listeners_sharing_a_port_rejected(
+    tmp_path: Path, text: str, key: str, reason: str
+) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    problems = dict(caught.value.problems)
+    assert reason in problems[key], problems
+
+
+def test_listeners_on_other_addresses_may_share_a_port(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[node]\nbind_address = "10.0.0.2"\nport = 11180\n')
+
+    assert load_settings(path).http.port == 11180

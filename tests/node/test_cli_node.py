@@ -38,6 +38,8 @@ def test_help_lists_commands() -> None:
 
 def test_check_config_does_not_load_torch(tmp_path: Path) -> None:
     config, _ = node_settings(tmp_path)
+    # Only the bundle folder's presence is checked, without torch.
+    config.write_text(config.read_text() + f'\n[model]\nbundle_dir = "{tmp_path}"\n')
     code = (
         "import sys\nfrom hipfuse.node.cli import main\n"
         f"status = main(['check-config', {str(config)!r}])\n"
@@ -224,3 +226,16 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     stopped = [event for event in events if event["event"] == "node_stopped"]
     assert stopped == [stopped[0]]
     assert stopped[0]["clean"] is True
+
+
+def test_check_config_reports_missing_bundle(tmp_path: Path, capsys) -> None:
+    config, _ = node_settings(tmp_path)
+    config.write_text(config.read_text() + f'\n[model]\nbundle_dir = "{tmp_path / "absent"}"\n')
+
+    status = main(["check-config", str(config)])
+
+    assert status == 2
+    assert (
+        f"model.bundle_dir: model bundle {tmp_path / 'absent'} cannot be loaded: no such folder"
+        in capsys.readouterr().err
+    )
