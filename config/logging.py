@@ -19,6 +19,20 @@ def _stderr_logger(*_args: object) -> structlog.PrintLogger:
     return structlog.PrintLogger(file=sys.stderr)
 
 
+# Arguments of the last configure_logging call in this process, for child processes.
+_current: tuple[str, bool] = ("INFO", False)
+
+
+def current_logging() -> tuple[str, bool]:
+    """Return the (level, json) this process logs with, to configure a spawned child alike.
+
+    A process started with the ``spawn`` method does not inherit the
+    configuration: pass ``initializer=configure_logging`` and these as
+    ``initargs`` to its pool.
+    """
+    return _current
+
+
 def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
     """Configure structlog and the standard library logger.
 
@@ -50,3 +64,5 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    global _current
+    _current = (level, json)

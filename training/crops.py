@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import structlog
 
+from hipfuse.config.logging import configure_logging, current_logging
 from hipfuse.inference.types import INPUT_MODALITIES, InputModality, Laterality
 from hipfuse.training.cohort import Cohort, HipRecord
 
@@ -318,7 +319,14 @@ def _cache_images(
             # Spawned, not forked: the parent may already run torch's thread pools,
             # which a forked child would inherit in an undefined state.
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            # A spawned child starts with structlog's defaults (console lines on
+            # stdout), so it is configured as this process is.
+            with ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=context,
+                initializer=configure_logging,
+                initargs=current_logging(),
+            ) as pool:
                 for (source, entry_dir), _ in zip(
                     pending, pool.map(_crop_one_image, jobs), strict=True
                 ):

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
+from hipfuse.config.logging import configure_logging, current_logging
 from hipfuse.inference.types import HipClass, Laterality
 from hipfuse.training.simulate.ct import hu_to_stored, render_ct, sample_ct_acquisition
 from hipfuse.training.simulate.dicom_writer import StudyInfo, derived_uid, write_ct_series, write_dx
@@ -359,8 +360,14 @@ def _simulate_in_process(tasks: list[tuple[Path, int, CohortOptions]]) -> list[P
         return [_simulate_one(task) for task in tasks]
 
 
-def _limit_worker_threads() -> None:
-    """Make each worker's BLAS single-threaded, so workers do not oversubscribe the CPUs."""
+def _init_worker(logging_level: str, logging_json: bool) -> None:
+    """Log as the parent does, and make the worker's BLAS single-threaded.
+
+    A spawned worker starts with structlog's defaults (console lines on
+    stdout). One BLAS thread per worker keeps the workers from
+    oversubscribing the CPUs.
+    """
+    configure_logging(logging_level, logging_json)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # threadpoolctl comes with the train extra (scikit-learn)
@@ -441,7 +448,10 @@ def simulate_cohort(
         # BLAS) can deadlock the child.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_limit_worker_threads
+            max_workers=workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=current_logging(),
         ) as pool:
             results = list(pool.map(_simulate_one, tasks))
     for index, result in enumerate(results):
