@@ -410,15 +410,20 @@ class AnalysisWorker:
         # One line per distinct source, with a count: highdicom repeats the same
         # warning for every object of a study.
         counts = Counter(
-            (warning.category.__name__, f"{Path(warning.filename).name}:{warning.lineno}")
+            (
+                warning.category.__name__,
+                f"{Path(warning.filename).name}:{warning.lineno}",
+                _warning_meaning(str(warning.message)),
+            )
             for warning in caught
         )
-        for (category, source), count in sorted(counts.items()):
+        for (category, source, meaning), count in sorted(counts.items()):
             log.info(
                 "encoding_warning",
                 study_instance_uid=uid,
                 category=category,
                 source=source,
+                meaning=meaning,
                 count=count,
             )
         return datasets
@@ -518,6 +523,30 @@ class AnalysisWorker:
         if self.metrics is not None:
             self.metrics.study_completed(StudyOutcome.FAILED)
         return AnalysisOutcome(uid, StudyState.FAILED, code, job_id)
+
+
+# Fixed explanations of the encoders' known warnings, found by a fragment of
+# their text; the text itself may quote patient data and is never logged.
+_WARNING_MEANINGS = (
+    (
+        "contains only a single component",
+        "a person name copied from the source images (such as Patient's Name) has no "
+        "caret-separated components; it is copied unchanged",
+    ),
+    (
+        '"patient_name" is potentially invalid',
+        "Patient's Name copied from the source images is not in the usual "
+        "family^given form; it is copied unchanged",
+    ),
+)
+
+
+def _warning_meaning(message: str) -> str:
+    """Return a fixed, patient-free explanation of an encoder warning."""
+    for fragment, meaning in _WARNING_MEANINGS:
+        if fragment in message:
+            return meaning
+    return "not recognised; its text is not logged because it may quote patient data"
 
 
 def fix_capture_uids(captures: Sequence[Dataset], fingerprint: str, checksum: str) -> None:

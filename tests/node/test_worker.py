@@ -273,3 +273,22 @@ def test_worker_logs_ids_not_patient(node: Node) -> None:
     text = json.dumps(logs, default=str)
     assert str(header.PatientName) not in text
     assert str(header.PatientID) not in text
+
+
+def test_encoding_warning_meaning_withholds_the_name() -> None:
+    import warnings
+
+    from highdicom.valuerep import check_person_name
+
+    from hipfuse.node.worker import _warning_meaning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_person_name("Zhangsan")
+    (warning,) = caught
+
+    meaning = _warning_meaning(str(warning.message))
+
+    assert meaning.startswith("a person name copied from the source images")
+    assert "Zhangsan" not in meaning
+    assert _warning_meaning("Doe^Jane has an odd value").startswith("not recognised")
