@@ -413,7 +413,7 @@ class AnalysisWorker:
             (
                 warning.category.__name__,
                 f"{Path(warning.filename).name}:{warning.lineno}",
-                _warning_meaning(str(warning.message)),
+                encoder_warning_meaning(str(warning.message)),
             )
             for warning in caught
         )
@@ -541,7 +541,7 @@ _WARNING_MEANINGS = (
 )
 
 
-def _warning_meaning(message: str) -> str:
+def encoder_warning_meaning(message: str) -> str:
     """Return a fixed, patient-free explanation of an encoder warning."""
     for fragment, meaning in _WARNING_MEANINGS:
         if fragment in message:

@@ -275,20 +275,20 @@ def test_worker_logs_ids_not_patient(node: Node) -> None:
     assert str(header.PatientID) not in text
 
 
-def test_encoding_warning_meaning_withholds_the_name() -> None:
+def test_encodingencoder_warning_meaning_withholds_the_name() -> None:
     import warnings
 
     from highdicom.valuerep import check_person_name
 
-    from hipfuse.node.worker import _warning_meaning
+    from hipfuse.node.worker import encoder_warning_meaning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         check_person_name("Zhangsan")
     (warning,) = caught
 
-    meaning = _warning_meaning(str(warning.message))
+    meaning = encoder_warning_meaning(str(warning.message))
 
     assert meaning.startswith("a person name copied from the source images")
     assert "Zhangsan" not in meaning
-    assert _warning_meaning("Doe^Jane has an odd value").startswith("not recognised")
+    assert encoder_warning_meaning("Doe^Jane has an odd value").startswith("not recognised")
