@@ -17,6 +17,7 @@ Environment variables use the prefix ``HIPFUSE_`` and ``__`` between levels:
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
 from contextvars import ContextVar
@@ -396,10 +397,20 @@ def load_settings(path: Path | str | None = None) -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
-        problems = [_problem(error) for error in exc.errors()]
+        problems = [_with_variable(*_problem(error)) for error in exc.errors()]
         raise SettingsError(f"{source} and {ENV_PREFIX}* environment", problems) from None
     finally:
         _file_values.reset(token)
+
+
+def _with_variable(path: str, reason: str) -> tuple[str, str]:
+    """Name the environment variable in a problem whose key it sets."""
+    if "[" in path or path.startswith("("):
+        return path, reason
+    variable = ENV_PREFIX + path.upper().replace(".", "__")
+    if variable in os.environ:
+        return path, f"{reason}; the value comes from the environment variable {variable}"
+    return path, reason
 
 
 def _dotted_path(location: tuple[int | str, ...]) -> str:
@@ -429,4 +440,8 @@ def _reason(error: Any) -> str:
     message = message.removeprefix("Value error, ")
     if error["type"] in ("value_error", "assertion_error"):
         return message
+    if error["type"] == "list_type" and isinstance(error.get("input"), dict):
+        # A TOML table written [x] where the key takes an array of tables [[x]].
+        table = _dotted_path(tuple(error["loc"]))
+        return f"{message}: write each entry as [[{table}]], with double brackets"
     return f"{message} (got {error.get('input')!r})"

@@ -290,6 +290,8 @@ class DropFolderWatcher:
         study_uid = ids.get("study_instance_uid")
         if outcome.status is not StoreStatus.SUCCESS:
             reason = f"{_STATUS_TEXT[outcome.status]}: {outcome.comment}"
+            if outcome.detail:
+                reason += f" ({outcome.detail})"
             if outcome.retry_later:
                 log.warning("dropfolder_file_deferred", file_id=file_id, reason=reason)
                 return DropFileResult(path, DropOutcome.DEFERRED, file_id, reason, sop_uid)

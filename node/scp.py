@@ -150,6 +150,8 @@ class StoreOutcome:
     status: StoreStatus
     comment: str | None = None
     retry_later: bool = False
+    # The full reason, where the Error Comment (64 characters at most) shortens it.
+    detail: str | None = None
 
 
 class ScpServer:
@@ -493,7 +495,9 @@ class StorageSCP:
             header = read_header(part10)
         except HeaderError as exc:
             log.warning("instance_rejected", **ids, status="C000", error=str(exc))
-            return StoreOutcome(StoreStatus.CANNOT_UNDERSTAND, "data set cannot be parsed")
+            return StoreOutcome(
+                StoreStatus.CANNOT_UNDERSTAND, "data set cannot be parsed", detail=str(exc)
+            )
 
         try:
             uids = InstanceUIDs.validated(
@@ -504,7 +508,9 @@ class StorageSCP:
             sop_class = validate_uid("SOPClassUID", header.get("SOPClassUID"))
         except InvalidUIDError as exc:
             log.warning("instance_rejected", **ids, status="C000", error=str(exc))
-            return StoreOutcome(StoreStatus.CANNOT_UNDERSTAND, f"invalid {exc.keyword}")
+            return StoreOutcome(
+                StoreStatus.CANNOT_UNDERSTAND, f"invalid {exc.keyword}", detail=str(exc)
+            )
 
         if uids.sop_instance_uid != requested_instance:
             mismatch = "SOP Instance UID differs from the request"

@@ -314,3 +314,24 @@ def test_ae_title_trailing_spaces_ignored(tmp_path: Path) -> None:
     assert settings.node.find_caller("PACS") is not None
     assert settings.node.find_caller("PACS    ") is not None
     assert settings.node.find_caller("OTHER") is None
+
+
+def test_single_table_for_array_hints_double_brackets(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text('[node.allowed_callers]\nae_title = "PACS"\n')
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    problems = dict(caught.value.problems)
+    assert "write each entry as [[node.allowed_callers]]" in problems["node.allowed_callers"]
+
+
+def test_invalid_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HIPFUSE_NODE__PORT", "abc")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+
+    problems = dict(caught.value.problems)
+    assert "environment variable HIPFUSE_NODE__PORT" in problems["node.port"]

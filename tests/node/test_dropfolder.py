@@ -211,7 +211,11 @@ def _truncated_radiograph(path: Path) -> None:
         (_truncated_ct, r"incomplete: \(7FE0,0010\) needs \d+ bytes but the file ends 100 bytes"),
         (_truncated_radiograph, "incomplete: the file ends inside the data set"),
         (_not_dicom, "not a DICOM Part 10 file"),
-        (_invalid_study_uid, "C000 Cannot understand: invalid StudyInstanceUID"),
+        (
+            _invalid_study_uid,
+            r"C000 Cannot understand: invalid StudyInstanceUID \(StudyInstanceUID '1.2.03' "
+            "is not a valid UID",
+        ),
         (_meta_names_other_instance, "A900 .*SOP Instance UID differs from the request"),
         (_dicomdir, "a DICOMDIR"),
         (_mpeg2_transfer_syntax, "Transfer Syntax UID 1.2.840.10008.1.2.4.100 is not accepted"),
