@@ -238,9 +238,10 @@ def run_node(config: Path, bundle_dir: Path | None) -> int:
         print(f"hipfuse-node: cannot start: {error}", file=sys.stderr)
         return EXIT_START_FAILED
     # The SCP listens and the bundle is loaded once start() returns.
-    notifier.ready(
-        f"listening as {settings.node.ae_title} on {settings.node.bind_address}:{service.port}"
-    )
+    node = settings.node
+    listening = f"listening as {node.ae_title} on {node.bind_address}:{service.port}"
+    notifier.ready(listening)
+    reloader.base_status = listening
     reloader.start()
     check_interval_s = min(1.0, notifier.watchdog_interval_s or 1.0)
     try:

@@ -240,6 +240,17 @@ def reload_settings(service: NodeService, config: Path) -> ReloadResult:
     return ReloadResult(plan)
 
 
+def describe_reload(result: ReloadResult | None, at: float) -> str:
+    """Return a status line for a reload's outcome; ``None`` is a reload that raised."""
+    clock = time.strftime("%H:%M:%S UTC", time.gmtime(at))
+    if result is None:
+        return f"settings reload at {clock} failed, see the log"
+    if result.plan is None:
+        return f"settings reload at {clock} rejected ({len(result.problems)} problems, see the log)"
+    applied, restart = len(result.plan.applied), len(result.plan.needs_restart)
+    return f"settings reloaded at {clock}: {applied} applied, {restart} need a restart"
+
+
 def _reject(config: Path, problems: list[tuple[str, str]]) -> ReloadResult:
     for path, reason in problems:
         log.error("settings_reload_problem", config=str(config), path=path, reason=reason)
@@ -273,6 +284,8 @@ class SettingsReloader:
         self.service = service
         self.config = Path(config)
         self.notifier = notifier
+        # The status line set at start; each reload's outcome is appended to it.
+        self.base_status = ""
         self._requested = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -305,9 +318,13 @@ class SettingsReloader:
                 # MONOTONIC_USEC lets systemd tell this reload from an earlier one.
                 monotonic_us = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
                 self.notifier.send(RELOADING="1", MONOTONIC_USEC=str(monotonic_us))
+            result: ReloadResult | None = None
             try:
-                reload_settings(self.service, self.config)
+                result = reload_settings(self.service, self.config)
             except Exception:  # keep the node running on its current settings
                 log.exception("settings_reload_failed", config=str(self.config))
             if self.notifier is not None:
-                self.notifier.send(READY="1")
+                # The outcome stays visible in systemctl status whatever the log level.
+                outcome = describe_reload(result, time.time())
+                status = f"{self.base_status}; {outcome}" if self.base_status else outcome
+                self.notifier.send(READY="1", STATUS=status)

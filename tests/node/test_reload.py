@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +14,14 @@ from hipfuse.config.dropfolder import DropFolderSettings
 from hipfuse.config.settings import Settings, load_settings
 from hipfuse.node.assembly import StudyAssembler
 from hipfuse.node.jobstore import JobStore
-from hipfuse.node.reload import apply_settings, plan_reload, reload_settings
+from hipfuse.node.reload import (
+    ReloadResult,
+    SettingsReloader,
+    apply_settings,
+    describe_reload,
+    plan_reload,
+    reload_settings,
+)
 from hipfuse.node.scp import StorageSCP
 from hipfuse.node.sender import DestinationSender
 from hipfuse.node.spool import Spool
@@ -315,3 +323,59 @@ def test_reload_changes_log_level(tmp_path: Path, capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert "quiet_event" not in err
     assert '"event": "loud_event"' in err
+
+
+class RecordingNotifier:
+    """Stands in for the sd_notify socket: keeps each message's fields."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, str]] = []
+        self.ready = threading.Event()
+
+    def send(self, **fields: str) -> bool:
+        self.messages.append(fields)
+        if "READY" in fields:
+            self.ready.set()
+        return True
+
+
+def test_reloader_reports_outcome_in_status(tmp_path: Path) -> None:
+    running = settings_from(tmp_path, BASE)
+    service = SimpleNamespace(
+        settings=running,
+        scp=None,
+        assembler=None,
+        senders={},
+        dropfolder=None,
+        bundle_watcher=None,
+    )
+    config = tmp_path / "new.toml"
+    config.write_text(
+        BASE.replace("DATA_DIR", str(tmp_path / "data"))
+        .replace("quiet_period_s = 30.0", "quiet_period_s = 5.0")
+        .replace("port = 11112", "port = 11113")
+    )
+    notifier = RecordingNotifier()
+    reloader = SettingsReloader(service, config, notifier)
+    reloader.base_status = "listening as HIPFUSE on 127.0.0.1:11112"
+
+    reloader.start()
+    reloader.request()
+    try:
+        assert notifier.ready.wait(30)
+    finally:
+        reloader.stop()
+
+    reloading, ready = notifier.messages
+    assert reloading["RELOADING"] == "1"
+    assert ready["STATUS"].startswith("listening as HIPFUSE on 127.0.0.1:11112; settings reloaded")
+    assert ready["STATUS"].endswith(": 1 applied, 1 need a restart")
+
+
+def test_describe_reload_rejected_and_failed() -> None:
+    rejected = ReloadResult(None, (("node.port", "bad"), ("send.x", "unknown key")))
+
+    assert describe_reload(rejected, 0.0) == (
+        "settings reload at 00:00:00 UTC rejected (2 problems, see the log)"
+    )
+    assert describe_reload(None, 3600.0) == "settings reload at 01:00:00 UTC failed, see the log"
