@@ -246,9 +246,11 @@ def describe_reload(result: ReloadResult | None, at: float) -> str:
     if result is None:
         return f"settings reload at {clock} failed, see the log"
     if result.plan is None:
-        return f"settings reload at {clock} rejected ({len(result.problems)} problems, see the log)"
+        count = len(result.problems)
+        problems = f"{count} problem" if count == 1 else f"{count} problems"
+        return f"settings reload at {clock} rejected ({problems}, see the log)"
     applied, restart = len(result.plan.applied), len(result.plan.needs_restart)
-    return f"settings reloaded at {clock}: {applied} applied, {restart} need a restart"
+    return f"settings reloaded at {clock}: {applied} applied, {restart} needing a restart"
 
 
 def _reject(config: Path, problems: list[tuple[str, str]]) -> ReloadResult:

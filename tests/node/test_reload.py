@@ -369,7 +369,7 @@ def test_reloader_reports_outcome_in_status(tmp_path: Path) -> None:
     reloading, ready = notifier.messages
     assert reloading["RELOADING"] == "1"
     assert ready["STATUS"].startswith("listening as HIPFUSE on 127.0.0.1:11112; settings reloaded")
-    assert ready["STATUS"].endswith(": 1 applied, 1 need a restart")
+    assert ready["STATUS"].endswith(": 1 applied, 1 needing a restart")
 
 
 def test_describe_reload_rejected_and_failed() -> None:
