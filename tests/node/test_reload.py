@@ -186,6 +186,18 @@ def running_parts(tmp_path: Path, settings: Settings) -> SimpleNamespace:
     )
 
 
+def service_without_parts(settings: Settings) -> SimpleNamespace:
+    """Stand in for a node whose parts are not running: only its settings change."""
+    return SimpleNamespace(
+        settings=settings,
+        scp=None,
+        assembler=None,
+        senders={},
+        dropfolder=None,
+        bundle_watcher=None,
+    )
+
+
 def test_apply_settings_reaches_running_parts(tmp_path: Path) -> None:
     running = settings_from(tmp_path, BASE)
     service = running_parts(tmp_path, running)
@@ -262,14 +274,7 @@ def test_apply_settings_logs_tls_failure(tmp_path: Path) -> None:
 
 def test_reload_rejects_invalid_file(tmp_path: Path) -> None:
     running = settings_from(tmp_path, BASE)
-    service = SimpleNamespace(
-        settings=running,
-        scp=None,
-        assembler=None,
-        senders={},
-        dropfolder=None,
-        bundle_watcher=None,
-    )
+    service = service_without_parts(running)
     config = tmp_path / "bad.toml"
     config.write_text(
         BASE.replace("DATA_DIR", str(tmp_path / "data"))
@@ -308,9 +313,7 @@ def test_reload_rejects_runtime_problem(tmp_path: Path) -> None:
 def test_reload_changes_log_level(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     running = settings_from(tmp_path, BASE)
     new = settings_from(tmp_path, BASE.replace('level = "INFO"', 'level = "WARNING"'), "new.toml")
-    service = SimpleNamespace(
-        settings=running, scp=None, assembler=None, senders={}, dropfolder=None, bundle_watcher=None
-    )
+    service = service_without_parts(running)
     saved = structlog.get_config()
     try:
         apply_settings(service, plan_reload(running, new))
@@ -341,14 +344,7 @@ class RecordingNotifier:
 
 def test_reloader_reports_outcome_in_status(tmp_path: Path) -> None:
     running = settings_from(tmp_path, BASE)
-    service = SimpleNamespace(
-        settings=running,
-        scp=None,
-        assembler=None,
-        senders={},
-        dropfolder=None,
-        bundle_watcher=None,
-    )
+    service = service_without_parts(running)
     config = tmp_path / "new.toml"
     config.write_text(
         BASE.replace("DATA_DIR", str(tmp_path / "data"))
