@@ -43,7 +43,7 @@ class HipClass(StrEnum):
 
     @property
     def display_name(self) -> str:
-        """Return the name a reader sees, the same as the code meaning in the SR."""
+        """Return the display name, the same as the code meaning in the SR."""
         return HIP_CLASS_DISPLAY_NAMES[self]
 
 

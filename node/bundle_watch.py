@@ -228,7 +228,7 @@ class BundleWatcher:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop watching, waiting up to ``timeout_s`` for a bundle being loaded."""
-        # Stopping first, so the woken thread sees it and ends.
+        # Set stopping first, so the woken thread finds it set and returns.
         self._watch.stopping.set()
         self._wake.set()
         self._watch.stop(timeout_s)

@@ -78,7 +78,7 @@ def sender(store: JobStore, fake, clock: FakeClock, port: int = 11113) -> Destin
 
 
 class TimedStore(FakeStore):
-    """Answers file ``i`` ``i + 1`` seconds after the sending began."""
+    """Return the response to file ``i`` ``i + 1`` seconds after the sending began."""
 
     def __call__(self, peer: Peer, files: list[FileToStore]) -> list[StoreOutcome]:
         outcomes = super().__call__(peer, files)
@@ -162,7 +162,7 @@ def test_sender_records_each_result_at_its_response(store: JobStore, tmp_path: P
     queue_results(store, tmp_path)
     sender(store, TimedStore(), clock).run_once()
 
-    # The fake clock stands still, so each time is 1000 s plus the response's offset.
+    # The fake clock does not advance, so each time is 1000 s plus the response offset.
     times = sorted(item.updated_at for item in store.list_outbox())
     assert times == [1001.0, 1002.0, 1003.0]
 
