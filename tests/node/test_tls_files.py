@@ -236,6 +236,8 @@ def tls_config(tmp_path: Path, pki: TestPKI, *, node_key: Path, destination_ca: 
     )
     # [node.tls] must follow the [node] keys and come before the next table.
     text = text.replace("\n[[destinations]]", extra + "\n[[destinations]]", 1)
+    # check-config wants the bundle folder to exist; its files are not read.
+    text += f'\n[model]\nbundle_dir = "{tmp_path}"\n'
     config.write_text(text)
     return config
 
