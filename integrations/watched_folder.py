@@ -199,3 +199,36 @@ def free_name(target: Path, companion_suffixes: tuple[str, ...] = ()) -> Path:
         if is_free(candidate):
             return candidate
     raise FileExistsError(f"no free name for {target} after 999 tries; empty {target.parent}")
+
+
+def delete_files_older_than(folder: Path, before: float) -> int:
+    """Delete files under ``folder`` last modified before ``before`` (seconds since the epoch).
+
+    Subfolders left empty are removed; ``folder`` itself stays. A missing
+    folder counts as empty. Returns the number of files deleted.
+
+    Raises
+    ------
+    OSError
+        A file could not be deleted (other than being gone already).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    deleted = 0
+    for root, _, filenames in os.walk(folder, topdown=False):
+        for name in filenames:
+            path = Path(root) / name
+            try:
+                if path.lstat().st_mtime >= before:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            deleted += 1
+        if Path(root) != folder:
+            try:
+                Path(root).rmdir()
+            except OSError:  # not empty: it still holds newer files
+                pass
+    return deleted

@@ -14,8 +14,9 @@ trail gets one ``data_deleted`` row per study.
 With an HL7 store, a pass also deletes accepted messages received more than
 ``[hl7] retention_days`` ago, rejected messages older than ``[storage]
 retention_days``, and files of the HL7 watch folder's ``done/`` and
-``failed/`` not modified for ``[storage] retention_days``. The event
-``hl7_data_deleted`` records the counts.
+``failed/`` not modified for ``[storage] retention_days``. With a drop
+folder, it deletes the files of its ``failed/`` as old as that. Each source
+with deletions gets one ``data_deleted`` audit row with the counts.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ from pathlib import Path
 import structlog
 
 from hipfuse.config.clinical_text import HL7Settings
+from hipfuse.config.dropfolder import DropFolderSettings
 from hipfuse.config.settings import StorageSettings
 from hipfuse.integrations.hl7.folder import purge_processed_files
 from hipfuse.integrations.hl7.store import HL7Store
+from hipfuse.integrations.watched_folder import delete_files_older_than
+from hipfuse.node.audit import AuditEvent, AuditEventType
+from hipfuse.node.dropfolder import FAILED_DIR_NAME as DROPFOLDER_FAILED_DIR
 from hipfuse.node.durable_files import fsync_dir
 from hipfuse.node.jobstore import JobStore
 from hipfuse.node.jobstore_retention import DeletedFiles
@@ -118,6 +123,7 @@ class Housekeeper:
         *,
         hl7_store: HL7Store | None = None,
         hl7_settings: HL7Settings | None = None,
+        dropfolder_settings: DropFolderSettings | None = None,
     ) -> None:
         self.jobstore = jobstore
         self.spool_root = Path(data_dir) / SPOOL_DIR_NAME
@@ -126,6 +132,7 @@ class Housekeeper:
         self.clock = clock
         self.hl7_store = hl7_store
         self.hl7_settings = hl7_settings
+        self.dropfolder_settings = dropfolder_settings
 
     def run(self, stop: threading.Event, interval_s: float) -> None:
         """Run a pass at once, then every ``interval_s`` seconds until ``stop`` is set."""
@@ -159,6 +166,9 @@ class Housekeeper:
                     outcomes.append(self._purge(uid))
         if self.hl7_store is not None and self.hl7_settings is not None:
             self._purge_hl7(self.hl7_store, self.hl7_settings, cutoff)
+        dropfolder = self.dropfolder_settings
+        if dropfolder is not None and dropfolder.enabled and dropfolder.dir is not None:
+            self._purge_dropfolder_failed(Path(dropfolder.dir) / DROPFOLDER_FAILED_DIR, cutoff)
         deleted = [outcome for outcome in outcomes if outcome.deleted is not None]
         if outcomes:
             log.info(
@@ -183,8 +193,25 @@ class Housekeeper:
                 log.error("hl7_files_purge_failed", error=error.strerror or type(error).__name__)
         if accepted or rejected or files:
             details = {"messages": accepted, "rejected_messages": rejected, "files": files}
-            self.jobstore.record_event("hl7_data_deleted", details=details)
+            self._audit_deleted("hl7", details)
             log.info("hl7_data_deleted", **details)
+
+    def _purge_dropfolder_failed(self, failed_dir: Path, cutoff: float) -> None:
+        """Delete drop-folder files that were rejected longer ago than the retention time."""
+        try:
+            files = delete_files_older_than(failed_dir, cutoff)
+        except OSError as error:
+            log.error("dropfolder_purge_failed", error=error.strerror or type(error).__name__)
+            return
+        if files:
+            self._audit_deleted("dropfolder_failed", {"files": files})
+            log.info("dropfolder_failed_deleted", files=files)
+
+    def _audit_deleted(self, source: str, counts: dict[str, int]) -> None:
+        detail = {"source": source, **counts, "retention_days": self.settings.retention_days}
+        self.jobstore.record_audit(
+            AuditEvent(AuditEventType.DATA_DELETED, self.clock(), detail=detail)
+        )
 
     def _purge(self, uid: str, *, resumed: bool = False) -> PurgeOutcome:
         """Delete one ``purging`` study's folders and mark it purged."""

@@ -314,6 +314,7 @@ class NodeService:
             clock=self.clock,
             hl7_store=self.hl7_store,
             hl7_settings=settings.hl7,
+            dropfolder_settings=settings.dropfolder,
         )
         self._spawn("housekeeping", housekeeper.run, settings.storage.housekeeping_interval_s)
         # The model, the imported modules and the settings live as long as the

@@ -30,7 +30,13 @@ from watchdog.observers import Observer
 from hipfuse.integrations.hl7.intake import HL7Intake, IntakeOutcome, IntakeResult
 from hipfuse.integrations.hl7.mllp import START_BLOCK, FrameDecoder
 from hipfuse.integrations.hl7.parser import UTF8_BOM
-from hipfuse.integrations.watched_folder import FolderEvents, SettlingFiles, WatchThread, free_name
+from hipfuse.integrations.watched_folder import (
+    FolderEvents,
+    SettlingFiles,
+    WatchThread,
+    delete_files_older_than,
+    free_name,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -157,6 +163,8 @@ class HL7FolderWatcher:
 
     def start(self) -> None:
         """Create the folders, queue files already there and start watching."""
+        # Created private to the node; an admin who lets an export running as
+        # another user write here creates the folder beforehand with a shared group.
         for folder in (self.watch_dir, self.done_dir, self.failed_dir):
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.rescan()
@@ -280,19 +288,7 @@ def purge_processed_files(watch_dir: Path, before: float) -> int:
     Their messages are in the HL7 store, which keeps them for its own
     retention time. Returns the number of files deleted.
     """
-    deleted = 0
-    for folder in (Path(watch_dir) / DONE_DIR_NAME, Path(watch_dir) / FAILED_DIR_NAME):
-        if not folder.is_dir():
-            continue
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if entry.stat(follow_symlinks=False).st_mtime >= before:
-                    continue
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    continue
-                deleted += 1
-    return deleted
+    return sum(
+        delete_files_older_than(Path(watch_dir) / name, before)
+        for name in (DONE_DIR_NAME, FAILED_DIR_NAME)
+    )

@@ -18,6 +18,7 @@ from hl7_builders import message, msh, oru, pid
 
 import hipfuse.node.retention
 from hipfuse.config.clinical_text import HL7Settings
+from hipfuse.config.dropfolder import DropFolderSettings
 from hipfuse.config.settings import StorageSettings, StudySettings
 from hipfuse.integrations.hl7.intake import HL7Intake
 from hipfuse.integrations.hl7.store import HL7Store
@@ -271,7 +272,7 @@ def test_retention_purges_old_hl7_messages_and_files(tmp_path: Path) -> None:
             hl7_store=hl7_store, hl7_settings=settings,
         )  # fmt: skip
         housekeeper.run_once()
-        events = [e for e in store.list_events() if e.event == "hl7_data_deleted"]
+        deleted = [e.detail for e in store.iter_audit(event_types=(AuditEventType.DATA_DELETED,))]
 
     # Accepted messages follow [hl7] retention_days (90), the rest [storage] (30).
     assert hl7_store.message_count() == 1
@@ -279,5 +280,38 @@ def test_retention_purges_old_hl7_messages_and_files(tmp_path: Path) -> None:
     assert hl7_store.rejected_messages() == []
     assert not old_file.exists()
     assert new_file.exists()
-    assert [e.details for e in events] == [{"messages": 1, "rejected_messages": 1, "files": 1}]
+    assert deleted == [
+        {
+            "source": "hl7",
+            "messages": 1,
+            "rejected_messages": 1,
+            "files": 1,
+            "retention_days": 30.0,
+        }
+    ]
     hl7_store.close()
+
+
+def test_retention_purges_old_rejected_dropfolder_files(tmp_path: Path) -> None:
+    clock = FakeClock(START)
+    folder = tmp_path / "drop"
+    old_file = folder / "failed" / "STUDY1" / "file0001"
+    new_file = folder / "failed" / "file0002"
+    for path in (old_file, new_file):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"rejected export")
+    os.utime(old_file, (START - 31 * SECONDS_PER_DAY,) * 2)
+    os.utime(new_file, (START - SECONDS_PER_DAY,) * 2)
+    settings = DropFolderSettings(enabled=True, dir=folder)
+
+    with JobStore.in_data_dir(tmp_path / "data", clock=clock) as store:
+        housekeeper = Housekeeper(
+            store, tmp_path / "data", RETENTION, clock=clock, dropfolder_settings=settings
+        )
+        housekeeper.run_once()
+        deleted = [e.detail for e in store.iter_audit(event_types=(AuditEventType.DATA_DELETED,))]
+
+    assert not old_file.exists()
+    assert not old_file.parent.exists()  # the emptied study folder goes too
+    assert new_file.exists()
+    assert deleted == [{"source": "dropfolder_failed", "files": 1, "retention_days": 30.0}]
