@@ -391,14 +391,20 @@ def load_settings(path: Path | str | None = None) -> Settings:
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(source, [("(file)", f"is not valid TOML: {exc}")]) from None
+        reason = f"is not valid TOML: {exc}"
+        if "Cannot declare" in str(exc):
+            # The usual cause: two entries of a list written [x] instead of [[x]].
+            reason += "; write each entry of a list, such as an allowed caller, as [[table]]"
+        raise SettingsError(source, [("(file)", reason)]) from None
 
     token = _file_values.set(values)
     try:
         return Settings()
     except ValidationError as exc:
         problems = [_with_variable(*_problem(error)) for error in exc.errors()]
-        raise SettingsError(f"{source} and {ENV_PREFIX}* environment", problems) from None
+        if any(name.startswith(ENV_PREFIX) for name in os.environ):
+            source += f" and {ENV_PREFIX}* environment"
+        raise SettingsError(source, problems) from None
     finally:
         _file_values.reset(token)
 

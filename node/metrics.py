@@ -11,6 +11,7 @@ metric                                            updated at
 ================================================  =============================
 ``hipfuse_instances_received_total``              ``instance_stored``
 ``hipfuse_associations_rejected_total{reason}``   ``association_rejected``
+``hipfuse_tls_handshakes_failed_total{reason}``   ``tls_handshake_failed``
 ``hipfuse_studies_completed_total{outcome}``      ``study_skipped``,
                                                   ``analysis_finished``,
                                                   ``analysis_failed``
@@ -159,6 +160,12 @@ class NodeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.tls_handshakes_failed = Counter(
+            "hipfuse_tls_handshakes_failed",
+            "TLS handshakes on the DICOM port that failed, by OpenSSL's reason.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.studies_completed = Counter(
             "hipfuse_studies_completed",
             "Studies that left the analysis stage, by outcome (analysed, skipped, failed).",
@@ -216,6 +223,10 @@ class NodeMetrics:
     def association_rejected(self, reason: str) -> None:
         """Count one rejected association request; ``reason`` is a reject reason value."""
         self.associations_rejected.labels(reason=reason).inc()
+
+    def tls_handshake_failed(self, reason: str) -> None:
+        """Count one failed TLS handshake; ``reason`` is OpenSSL's short reason."""
+        self.tls_handshakes_failed.labels(reason=reason).inc()
 
     def association_rejected_by_protocol(self, source: int | None, diagnostic: int | None) -> None:
         """Count one association that pynetdicom rejected, from its A-ASSOCIATE-RJ fields."""

@@ -23,8 +23,10 @@ reported again at each reload.
 
 A listener with DICOM TLS also reads its certificate, key and CA files again
 at each reload, from the running paths, so a renewed certificate written over
-the old files serves the next connections. Files that cannot be used are
-logged as ``tls_reload_failed`` and the listener keeps its certificate.
+the old files serves the next connections. Files that fail the checks reject
+the reload as a whole, like any other problem. ``tls_reload_failed`` is
+logged when a file changes between the checks and the reading, and the
+listener keeps its certificate.
 """
 
 from __future__ import annotations

@@ -288,7 +288,14 @@ class StorageSCP:
         address = (node.bind_address, node.port)
         if node.tls.enabled:
             server = start_tls_server(
-                ae, address, handlers, node.tls, handshake_timeout_s=node.acse_timeout_s
+                ae,
+                address,
+                handlers,
+                node.tls,
+                handshake_timeout_s=node.acse_timeout_s,
+                on_handshake_failed=(
+                    self.metrics.tls_handshake_failed if self.metrics is not None else None
+                ),
             )
         else:
             server = ae.start_server(address, block=False, evt_handlers=handlers)
@@ -338,11 +345,17 @@ class StorageSCP:
         else:
             _prefer_requested_transfer_syntaxes(association)
             return
+        extra: dict[str, Any] = {}
+        if reason is RejectReason.CLIENT_CERTIFICATE_NOT_ALLOWED:
+            # Node names, not patient data: they tell the admin what to list.
+            names = peer_certificate_names(association.dul.socket.socket)
+            extra["certificate_names"] = sorted(names) if names is not None else None
         log.warning(
             "association_rejected",
             calling_ae_title=calling,
             peer_address=address,
             reason=reason.value,
+            **extra,
         )
         if self.metrics is not None:
             self.metrics.association_rejected(reason.value)

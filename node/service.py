@@ -88,13 +88,15 @@ def bundle_problems(settings: Settings, override: Path | None = None) -> list[tu
     bundle_dir = resolve_bundle_dir(settings, override)
     if bundle_dir.is_dir():
         return []
-    return [
-        (
-            "model.bundle_dir",
-            f"model bundle {bundle_dir} cannot be loaded: no such folder (set "
-            "[model] bundle_dir, or build the demo bundle with "
-            "hipfuse-train demo-bundle --out bundles/demo)",
+    if bundle_dir == DEFAULT_BUNDLE_DIR:
+        fix = (
+            "set [model] bundle_dir, or build the demo bundle with "
+            "hipfuse-train demo-bundle --out bundles/demo"
         )
+    else:
+        fix = "check the path, or copy the bundle folder there"
+    return [
+        ("model.bundle_dir", f"model bundle {bundle_dir} cannot be loaded: no such folder ({fix})")
     ]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +41,8 @@ class TLSAssociationServer(ThreadedAssociationServer):
     # A connection stuck in its handshake must not keep the process alive at exit.
     daemon_threads = True
     handshake_timeout_s: float = 30.0
+    # Called with the reason of each failed handshake (the node's metrics).
+    on_handshake_failed: Callable[[str], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept a connection and wrap it for TLS without running the handshake yet."""
@@ -65,12 +67,15 @@ class TLSAssociationServer(ThreadedAssociationServer):
         try:
             request.do_handshake()
         except OSError as error:  # ssl.SSLError, a time-out or a reset connection
+            reason = describe_tls_error(error)
             log.warning(
                 "tls_handshake_failed",
                 peer_address=peer_address,
                 peer_port=peer_port,
-                reason=describe_tls_error(error),
+                reason=reason,
             )
+            if self.on_handshake_failed is not None:
+                self.on_handshake_failed(reason)
             return False
         finally:
             request.settimeout(previous_timeout)
@@ -126,6 +131,7 @@ def start_tls_server(
     tls: NodeTLSSettings,
     *,
     handshake_timeout_s: float,
+    on_handshake_failed: Callable[[str], None] | None = None,
 ) -> ThreadedAssociationServer:
     """Start a TLS association server in a background thread, as ``AE.start_server`` does.
 
@@ -145,6 +151,7 @@ def start_tls_server(
     )
     assert isinstance(server, TLSAssociationServer)
     server.handshake_timeout_s = handshake_timeout_s
+    server.on_handshake_failed = on_handshake_failed
     timestamp = datetime.now().strftime("%Y%m%d%H%M%S")
     thread = threading.Thread(
         target=make_target(server.serve_forever), name=f"TLSAcceptorServer@{timestamp}", daemon=True

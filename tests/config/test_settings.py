@@ -335,3 +335,19 @@ def test_invalid_environment_value_names_the_variable(monkeypatch: pytest.Monkey
 
     problems = dict(caught.value.problems)
     assert "environment variable HIPFUSE_NODE__PORT" in problems["node.port"]
+
+
+def test_table_declared_twice_hints_double_brackets(tmp_path: Path) -> None:
+    path = tmp_path / "node.toml"
+    path.write_text(
+        '[node.allowed_callers]\nae_title = "PACS"\n\n[node.allowed_callers]\nae_title = "RIS"\n'
+    )
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(path)
+
+    problems = dict(caught.value.problems)
+    assert (
+        "write each entry of a list, such as an allowed caller, as [[table]]"
+        in (problems["(file)"])
+    )

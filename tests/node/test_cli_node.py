@@ -236,6 +236,6 @@ def test_check_config_reports_missing_bundle(tmp_path: Path, capsys) -> None:
 
     assert status == 2
     assert (
-        f"model.bundle_dir: model bundle {tmp_path / 'absent'} cannot be loaded: no such folder"
-        in capsys.readouterr().err
+        f"model.bundle_dir: model bundle {tmp_path / 'absent'} cannot be loaded: no such folder "
+        "(check the path, or copy the bundle folder there)" in capsys.readouterr().err
     )

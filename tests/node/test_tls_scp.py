@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import pydicom
@@ -171,6 +172,8 @@ def test_storescu_certificate_names(tmp_path: Path, pki: TestPKI, names: str, st
         assert "Calling AE Title Not Recognized" in result.stderr
         assert studies == []
         assert reasons == ["client_certificate_not_allowed"]
+        rejected = next(entry for entry in logs if entry["event"] == "association_rejected")
+        assert rejected["certificate_names"] == ["storescu"]
 
 
 # --------------------------------------------------------------------------- #
@@ -309,3 +312,32 @@ def test_certificate_name_matches_ip_alternative_name(tmp_path: Path, pki: TestP
     with running_scp(tls_settings(tmp_path, pki, callers=callers)) as (server, _):
         assert echo(server.port, client_context(pki, pki.server))
         assert not echo(server.port, client_context(pki, pki.client))
+
+
+def test_failed_handshakes_counted_in_metrics(tmp_path: Path, pki: TestPKI) -> None:
+    from hipfuse.node.jobstore import JobStore
+    from hipfuse.node.metrics import NodeMetrics
+    from hipfuse.node.scp import start_scp
+    from hipfuse.node.spool import Spool
+
+    settings = tls_settings(tmp_path, pki)
+    metrics = NodeMetrics()
+
+    def failed_count() -> float | None:
+        return metrics.registry.get_sample_value(
+            "hipfuse_tls_handshakes_failed_total",
+            {"reason": "peer did not return a certificate"},
+        )
+
+    with JobStore.in_data_dir(settings.storage.data_dir) as jobstore:
+        server = start_scp(settings, jobstore, Spool(settings.storage.data_dir), metrics=metrics)
+        try:
+            assert not echo(server.port, client_context(pki, None))
+            # The client gives up at its own alert; the node counts its side just after.
+            deadline = time.monotonic() + 10
+            while failed_count() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            server.stop()
+
+    assert failed_count() == 1.0
