@@ -1,4 +1,4 @@
-"""SQLite files of the node's stores: owner-only, write-ahead log, checked foreign keys.
+"""SQLite files of the node's stores: owner-only, write-ahead log, foreign keys, secure delete.
 
 The job store and the HL7 message store both hold patient data, are shared
 by several threads and must keep every commit through a crash.
@@ -38,4 +38,7 @@ def open_store_database(path: Path, *, durable_commits: bool = True) -> sqlite3.
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
     db.execute("PRAGMA foreign_keys=ON")
+    # Deleted rows hold patient data: overwrite them with zeros instead of
+    # leaving them in free pages of the file.
+    db.execute("PRAGMA secure_delete=ON")
     return db

@@ -31,3 +31,20 @@ def test_store_database_settings(tmp_path: Path, durable: bool, synchronous: int
             assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name
     finally:
         db.close()
+
+
+def test_store_database_deleted_rows_leave_no_trace(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    db = open_store_database(path)
+    try:
+        db.execute("CREATE TABLE notes (text TEXT)")
+        db.execute("INSERT INTO notes VALUES (?)", ("Patient ZHANG^SAN reports hip pain",))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.execute("DELETE FROM notes")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        files = [path, tmp_path / "store.sqlite3-wal"]
+        contents = b"".join(file.read_bytes() for file in files if file.exists())
+    finally:
+        db.close()
+
+    assert b"ZHANG^SAN" not in contents

@@ -280,6 +280,8 @@ def test_retention_purges_old_hl7_messages_and_files(tmp_path: Path) -> None:
     assert hl7_store.rejected_messages() == []
     assert not old_file.exists()
     assert new_file.exists()
+    store_files = sorted((tmp_path / "data").glob("hl7.sqlite3*"))
+    assert not any(b"note from long ago" in path.read_bytes() for path in store_files)
     assert deleted == [
         {
             "source": "hl7",
