@@ -229,6 +229,6 @@ def delete_files_older_than(folder: Path, before: float) -> int:
         if Path(root) != folder:
             try:
                 Path(root).rmdir()
-            except OSError:  # not empty: it still holds newer files
+            except OSError:  # not empty: it still contains newer files
                 pass
     return deleted

@@ -370,7 +370,7 @@ class HL7Store:
                 "DELETE FROM rejected WHERE received_at < ?", (rejected_before,)
             ).rowcount
         if accepted or rejected:
-            # The write-ahead log still holds the pages as they were before the
+            # The write-ahead log still contains the pages as they were before the
             # delete; copy the new pages into the database and empty the log.
             with self._lock:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
