@@ -48,6 +48,8 @@ CREATE TABLE IF NOT EXISTS messages (
     raw BLOB NOT NULL,
     UNIQUE (sending_application, sending_facility, control_id)
 );
+-- Retention deletes by age.
+CREATE INDEX IF NOT EXISTS messages_by_received_at ON messages (received_at);
 CREATE TABLE IF NOT EXISTS message_patients (
     message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     patient_id TEXT NOT NULL,
@@ -84,6 +86,7 @@ CREATE TABLE IF NOT EXISTS rejected (
     truncated INTEGER NOT NULL,
     raw BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rejected_by_received_at ON rejected (received_at);
 """
 
 
