@@ -1,9 +1,9 @@
 """Study latency benchmark: last instance received to SR stored at the destination.
 
-Runs the node in this process with an untrained bundle of the chosen preset
-(compute does not depend on the weights' values), a receiving SCP in a child
-process as the destination, and DCMTK ``storescu`` (else hipfuse's SCU) as
-the sender. Each run sends a fresh copy of the real sample study (the AP
+Runs the node in this process with an untrained bundle of the chosen preset,
+because compute does not depend on the weights' values. A receiving SCP in a
+child process is the destination, and DCMTK ``storescu`` (else hipfuse's SCU)
+is the sender. Each run sends a fresh copy of the real sample study (the AP
 pelvis radiograph and the pelvis CT written as a DICOM series) and a real
 note delivered over MLLP first.
 

@@ -294,7 +294,7 @@ def _destination_names(
     return configured
 
 
-# How a send job's state reads in "was ... after N attempts".
+# Wording of each send job state in "was ... after N attempts".
 _STATE_WORDS = {"succeeded": "sent", "failed": "failed", "pending": "queued", "running": "sending"}
 
 

@@ -3,7 +3,7 @@
 The job store keeps the trail in its ``audit_events`` table
 (:mod:`hipfuse.node.jobstore_audit`). Each row records what happened, when (UTC),
 between which AE titles and addresses, to which Study, Series and SOP
-Instances, for which destination and job. It never holds a patient attribute:
+Instances, for which destination and job. It never contains a patient attribute:
 no name, patient ID or birth date reaches it.
 """
 

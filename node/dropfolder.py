@@ -9,10 +9,10 @@ observer, by a listing of the whole folder at start, and by another listing
 every ``poll_interval_s`` seconds for file systems that send no change
 events (NFS and SMB mounts).
 
-A taken file is read, its File Meta Information is checked (Part 10 format,
-Media Storage SOP Class and Instance UIDs, a transfer syntax the SCP
-accepts), a file that ends before its data set does is rejected, and the
-file goes through :meth:`StorageSCP.store_part10
+A taken file is read and its File Meta Information is checked: Part 10
+format, Media Storage SOP Class and Instance UIDs, a transfer syntax the SCP
+accepts. A file that ends before its data set does is rejected. The file then
+goes through :meth:`StorageSCP.store_part10
 <hipfuse.node.scp.StorageSCP.store_part10>`, exactly as a received instance
 does. The original is deleted only after the instance is spooled and
 recorded. A file that is not DICOM or fails a check moves to ``failed/``

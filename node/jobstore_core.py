@@ -1,4 +1,4 @@
-"""What the job store's mixins need from the store they are mixed into.
+"""Shared needs of the job store's mixins: what each takes from the store it is mixed into.
 
 :class:`~hipfuse.node.jobstore.JobStore` combines one mixin per group of
 tables (events and jobs, outbox, audit, retention, admin). Each mixin uses

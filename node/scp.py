@@ -320,8 +320,8 @@ class StorageSCP:
         """Tune the connection for a stream of C-STOREs.
 
         Nagle's algorithm is turned off, as it otherwise delays each C-STORE
-        response. pynetdicom's upper layer polls its socket and queues,
-        sleeping between polls when idle; a shorter sleep lets it notice
+        response. pynetdicom's upper layer polls its socket and queues, and
+        sleeps between polls when idle, so a shorter sleep lets it notice
         the next PDU and send each response sooner.
         """
         raw_socket = event.assoc.dul.socket.socket

@@ -50,7 +50,7 @@ DEFAULT_BUNDLE_DIR = Path("bundles/demo")
 # Seconds :meth:`NodeService.stop` waits for each thread; an analysis still
 # running after that is redone at the next start.
 DEFAULT_STOP_TIMEOUT_S = 30.0
-# Least seconds between two assembler runs that stored instances start.
+# Minimum seconds between two assembler runs that stored instances start.
 ASSEMBLY_WAKE_SPACING_S = 0.02
 
 

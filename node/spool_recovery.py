@@ -1,6 +1,6 @@
 """Record spooled instances that the job store lost, at start-up.
 
-The SCP answers Success once an instance's file is synced into the spool and
+The SCP returns Success once an instance's file is synced into the spool and
 its record is committed. That commit is not synced to disk (see
 :class:`~hipfuse.node.jobstore.JobStore` ``durable_commits``), so after a
 power loss the spool can hold acknowledged files whose records were lost.

@@ -11,7 +11,7 @@ with the peer address and OpenSSL's reason.
 The allow-list of calling AE titles and addresses is checked afterwards, on
 the A-ASSOCIATE-RQ, exactly as without TLS. An entry with
 ``certificate_names`` also needs a client certificate that carries one of
-them (:func:`peer_certificate_names`); without it, any certificate that
+them (:func:`peer_certificate_names`). Without that key, any certificate that
 ``ca_file`` verifies may send under that AE title.
 """
 

@@ -19,7 +19,7 @@ class Wakeup:
     Parameters
     ----------
     min_spacing_s
-        Least seconds between two runs that a wake-up starts. The assembler
+        Minimum seconds between two runs that a wake-up starts. The assembler
         uses it so that a study arriving at hundreds of instances per second
         is not classified again after every instance.
     """

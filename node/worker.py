@@ -17,7 +17,7 @@ For each study it claims (``complete → analysing``) the worker
 
 A crash before that commit leaves the study in ``analysing``. Start-up puts
 it back to ``complete``, and the analysis runs again and produces the same
-UIDs; an SR queued before the crash is not queued again.
+UIDs. An SR queued before the crash is not queued again.
 An input the model cannot analyse (:class:`~hipfuse.inference.types.InputError`)
 fails the study with the error's code and message. A node that stops while
 the worker waits for text puts the study back to ``complete`` at once.

@@ -47,7 +47,7 @@ def test_scp_and_assembly_audit_rows(tmp_path: Path) -> None:
     study, series = generate_uid(), generate_uid()
     with scp_with_clock(settings, clock) as (port, jobstore):
         sent = send_ct(port, "STORESCU", study, series, count=3)
-        refused = send_ct(port, "INTRUDER", study, series, count=1)
+        rejected = send_ct(port, "INTRUDER", study, series, count=1)
         # Association events are written by the association's thread, after release.
         before_assembly = [row.event_type for row in jobstore.list_audit()]
         clock.advance(60.0)
@@ -56,7 +56,7 @@ def test_scp_and_assembly_audit_rows(tmp_path: Path) -> None:
         dumped = json.dumps([row.as_export_dict() for row in rows])
 
     assert len(sent) == 3
-    assert refused == []
+    assert rejected == []
     # Three instances added no row of their own.
     assert sorted(before_assembly) == sorted(
         [
@@ -108,16 +108,16 @@ def test_reopened_study_counts_only_new_instances(tmp_path: Path) -> None:
     assert [row.at for row in rows] == [1060.0, 2060.0]
 
 
-class RefuseOne:
-    """Stores every file but ``refused``, which gets status A700."""
+class RejectOne:
+    """Stores every file but ``rejected``, which gets status A700."""
 
-    def __init__(self, refused: Path) -> None:
-        self.refused = refused
+    def __init__(self, rejected: Path) -> None:
+        self.rejected = rejected
 
     def __call__(self, peer, files):
         return [
             StoreOutcome(file.path, 0xA700, "A700")
-            if file.path == self.refused
+            if file.path == self.rejected
             else StoreOutcome(file.path, 0x0000, None)
             for file in files
         ]
@@ -127,8 +127,8 @@ def test_analysis_and_send_rows(tmp_path: Path) -> None:
     clock = FakeClock(1000.0)
     with JobStore(tmp_path / "jobs.sqlite3", clock=clock) as store:
         written = analysed_study(store, tmp_path, count=2)
-        refuse = RefuseOne(written[1].path)
-        sender = destination_sender(store, "pacs", 11113, clock, store_fn=refuse)
+        reject_one = RejectOne(written[1].path)
+        sender = destination_sender(store, "pacs", 11113, clock, store_fn=reject_one)
         sender.run_once()
         clock.advance(10.0)
         sender.run_once()

@@ -354,11 +354,11 @@ def _hex_escaped(text: str) -> str:
 
 
 def _lines_containing(run: Run, needle: str) -> list[str]:
-    wanted = needle.casefold()
+    folded = needle.casefold()
     found = []
     for stream, line in run.log_lines:
         text = _searchable(line).casefold()
-        if wanted in text or (not needle.isascii() and _hex_escaped(needle) in text):
+        if folded in text or (not needle.isascii() and _hex_escaped(needle) in text):
             found.append(f"{stream}: {line}")
     return found
 

@@ -91,8 +91,8 @@ def test_only_finished_studies_lose_files(tmp_path: Path, store: JobStore, clock
     outcomes = housekeeper.run_once()
 
     assert [outcome.study_instance_uid for outcome in outcomes] == ["1.1", "5.5"]
-    kept = {study for study in studies if (tmp_path / "spool" / study).exists()}
-    assert kept == {"2.2", "3.3", "4.4", "6.6"}
+    remaining = {study for study in studies if (tmp_path / "spool" / study).exists()}
+    assert remaining == {"2.2", "3.3", "4.4", "6.6"}
     assert not (tmp_path / "outbox" / "1.1").exists()
     for study in ("2.2", "3.3", "4.4"):
         assert len(list((tmp_path / "outbox" / study).iterdir())) == 2

@@ -2,7 +2,7 @@
 
 A pynetdicom requestor requests an association from 127.0.0.1 or 127.0.0.2:
 Linux routes all of 127.0.0.0/8 to loopback, so a second source address
-needs no network set-up. The checks are what the sender sees (the
+needs no network set-up. The checks are what the sender receives (the
 A-ASSOCIATE-RJ result, source and reason that pynetdicom reports) and what
 the node records (the ``association_rejected`` event and its reason).
 

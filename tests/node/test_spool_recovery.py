@@ -50,13 +50,13 @@ def test_unrecorded_files_are_recorded(spool: Spool, tmp_path: Path) -> None:
 
 
 def test_only_the_lost_records_are_added(spool: Spool, tmp_path: Path) -> None:
-    kept = spool_instance(spool, 0)
+    recorded = spool_instance(spool, 0)
     with JobStore.in_data_dir(tmp_path) as store:
         record_unrecorded_instances(spool, store)
         lost = spool_instance(spool, 1)
 
         assert record_unrecorded_instances(spool, store) == 1
-        assert sorted(i.path for i in store.list_instances(STUDY)) == sorted([kept, lost])
+        assert sorted(i.path for i in store.list_instances(STUDY)) == sorted([recorded, lost])
 
 
 @pytest.mark.parametrize(
