@@ -25,6 +25,7 @@ from typing import Any
 from hipfuse.integrations.sqlite_store import open_store_database
 from hipfuse.node.jobstore_admin import AdminMixin
 from hipfuse.node.jobstore_audit import AuditMixin
+from hipfuse.node.jobstore_core import placeholders
 from hipfuse.node.jobstore_events import EventsAndJobsMixin
 from hipfuse.node.jobstore_outbox import OutboxItem, OutboxMixin, ResultObject
 from hipfuse.node.jobstore_records import (
@@ -445,7 +446,7 @@ class JobStore(AdminMixin, RetentionMixin, AuditMixin, OutboxMixin, EventsAndJob
         params: list[Any] = []
         if states is not None:
             wanted = [StudyState(state).value for state in states]
-            query += f" WHERE state IN ({', '.join('?' * len(wanted))})"
+            query += f" WHERE state IN ({placeholders(len(wanted))})"
             params += wanted
         query += " ORDER BY last_instance_at DESC LIMIT ?"
         params.append(limit)

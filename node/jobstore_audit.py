@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from hipfuse.node.audit import AuditEvent, AuditEventType
-from hipfuse.node.jobstore_core import JobStoreCore
+from hipfuse.node.jobstore_core import JobStoreCore, placeholders
 from hipfuse.node.states import FailureCode, StudyState
 
 _AUDIT_COLUMNS = (
@@ -287,7 +287,7 @@ class AuditMixin(JobStoreCore):
             conditions.append("study_instance_uid = ?")
             params.append(study_uid)
         if event_types is not None:
-            conditions.append(f"event_type IN ({', '.join('?' * len(event_types))})")
+            conditions.append(f"event_type IN ({placeholders(len(event_types))})")
             params += [AuditEventType(kind).value for kind in event_types]
         query = (
             f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE {' AND '.join(conditions)} "

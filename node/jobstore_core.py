@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from hipfuse.node.states import StudyState
 
 
+def placeholders(count: int) -> str:
+    """Return ``count`` SQL parameter markers for an ``IN (...)`` list, such as ``?, ?, ?``."""
+    return ", ".join("?" * count)
+
+
 class JobStoreCore:
     """Base of the job store's mixins: the store's connection, lock and shared steps."""
 

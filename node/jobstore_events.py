@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hipfuse.node.jobstore_audit import audit_from_event
-from hipfuse.node.jobstore_core import JobStoreCore
+from hipfuse.node.jobstore_core import JobStoreCore, placeholders
 from hipfuse.node.jobstore_records import (
     JOB_COLUMNS,
     EventRecord,
@@ -206,7 +206,7 @@ class EventsAndJobsMixin(JobStoreCore):
             params.append(study_uid)
         if states is not None:
             wanted = [JobState(state).value for state in states]
-            query += f" AND state IN ({', '.join('?' * len(wanted))})"
+            query += f" AND state IN ({placeholders(len(wanted))})"
             params += wanted
         with self._lock:
             rows = self._db.execute(query + " ORDER BY job_id", params).fetchall()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hipfuse.node.jobstore_core import JobStoreCore
+from hipfuse.node.jobstore_core import JobStoreCore, placeholders
 from hipfuse.node.jobstore_records import (
     StateConflictError,
     StudyNotFoundError,
@@ -235,7 +235,7 @@ class OutboxMixin(JobStoreCore):
     def _items_of_jobs(db: sqlite3.Connection, job_ids: Sequence[int]) -> list[tuple[Any, ...]]:
         return db.execute(
             f"SELECT {_OUTBOX_COLUMNS} {_OUTBOX_FROM} "
-            f"WHERE o.job_id IN ({', '.join('?' * len(job_ids))}) ORDER BY o.item_id",
+            f"WHERE o.job_id IN ({placeholders(len(job_ids))}) ORDER BY o.item_id",
             list(job_ids),
         ).fetchall()
 
@@ -466,7 +466,7 @@ class OutboxMixin(JobStoreCore):
             params.append(destination)
         if states is not None:
             wanted = [JobState(state).value for state in states]
-            query += f" AND j.state IN ({', '.join('?' * len(wanted))})"
+            query += f" AND j.state IN ({placeholders(len(wanted))})"
             params += wanted
         query += " ORDER BY o.item_id LIMIT ?"
         params.append(limit)
