@@ -12,9 +12,9 @@ The CT slices carry Images in Acquisition (0020,1002), and the node runs with
 last slice arrives, as it is at sites whose scanners fill that attribute.
 Without it, add the quiet period to every figure below.
 
-Prints per run the latency, the worker's stages and the model compute (the
+Prints per run the latency, the worker's stages and the model compute: the
 text encoder, both image encoders, fusion and the Grad-CAM backward pass, as
-the pipeline timed them), then one comparable figure: the median of
+the pipeline timed them. Then it prints one comparable figure, the median of
 latency / model compute (target 1.3 or lower), and the peak resident memory
 of the process. The first study warms up the allocator and kernels and is
 not counted.

@@ -10,7 +10,8 @@
   most ``[http] echo_max_age_s`` seconds old.
 
 :class:`EchoMonitor` sends those C-ECHO requests from its own thread every
-``[http] echo_interval_s`` seconds, so a health request never waits for the network.
+``[http] echo_interval_s`` seconds. A health request reads the last results,
+so it does not wait for the network.
 """
 
 from __future__ import annotations

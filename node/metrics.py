@@ -149,6 +149,8 @@ class NodeMetrics:
 
     def __init__(self, destinations: Sequence[str] = ()) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+
+        # Receiving.
         self.instances_received = Counter(
             "hipfuse_instances_received",
             "DICOM instances stored and acknowledged with C-STORE Success.",
@@ -166,6 +168,8 @@ class NodeMetrics:
             ["reason"],
             registry=self.registry,
         )
+
+        # Analysis.
         self.studies_completed = Counter(
             "hipfuse_studies_completed",
             "Studies that left the analysis stage, by outcome (analysed, skipped, failed).",
@@ -179,6 +183,8 @@ class NodeMetrics:
             buckets=ANALYSIS_DURATION_BUCKETS_S,
             registry=self.registry,
         )
+
+        # Sending.
         self.send_retries = Counter(
             "hipfuse_send_retries",
             "C-STORE attempts of a result that failed and were scheduled again.",
@@ -194,6 +200,8 @@ class NodeMetrics:
         self.model_bundle = Info(
             "hipfuse_model_bundle", "The model bundle the node loaded.", registry=self.registry
         )
+
+        # Every label value is exported from the start, at zero.
         for reason in [*RejectReason, *ProtocolRejectReason]:
             self.associations_rejected.labels(reason=reason.value)
         for outcome in StudyOutcome:

@@ -2,9 +2,9 @@
 
 The storage SCP wakes the assembler when an instance is stored, the assembler
 wakes the worker when a study is complete, and the worker wakes the senders
-when results are queued. Each loop still polls every interval: a lost
-wake-up only delays work, it never loses it, because the job store is the
-only hand-over between stages.
+when results are queued. Each loop still polls every interval. The job store
+is the only hand-over between stages, so a lost wake-up delays work by at
+most one interval and loses none.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ A-ASSOCIATE-RJ result, source and reason that pynetdicom reports) and what
 the node records (the ``association_rejected`` event and its reason).
 
 The settings files here leave ``bind_address`` out, so the SCP and the MLLP
-listener bind where the defaults say. Something bound to 0.0.0.0 would also
-accept connections to 127.0.0.2, so a refused connection there shows that
-only 127.0.0.1 is bound.
+listener bind to the default addresses. Something bound to 0.0.0.0 would
+also accept connections to 127.0.0.2, so a refused connection there shows
+that only 127.0.0.1 is bound.
 """
 
 from __future__ import annotations
