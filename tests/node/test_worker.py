@@ -8,22 +8,22 @@ sample study instead of running the model again.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
 import structlog
 from pydicom.uid import Comprehensive3DSRStorage
-from worker_helpers import FakeClock, ingest, loaded_bundle, sample_result, sample_study
+from worker_helpers import (
+    CompleteStudy,
+    complete_sample_study,
+    ingest,
+    loaded_bundle,
+    sample_result,
+)
 
-from hipfuse.config.settings import StudySettings
 from hipfuse.inference.types import InputError
-from hipfuse.node.assembly import StudyAssembler
-from hipfuse.node.demo import SampleStudy
-from hipfuse.node.jobstore import JobStore
-from hipfuse.node.outbox import OutboxFolder, result_uid
-from hipfuse.node.spool import Spool
+from hipfuse.node.outbox import result_uid
 from hipfuse.node.states import JobKind, JobState, SkipReason, StudyState
 from hipfuse.node.study_inputs import select_study_inputs
 from hipfuse.node.worker import AnalysisWorker
@@ -32,35 +32,15 @@ SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
 
-@dataclass
-class Node:
-    jobstore: JobStore
-    spool: Spool
-    outbox: OutboxFolder
-    clock: FakeClock
-    study: SampleStudy
-
-    @property
-    def uid(self) -> str:
-        return self.study.study_instance_uid
+Node = CompleteStudy
 
 
 @pytest.fixture
 def node(tmp_path: Path):
-    clock = FakeClock()
-    data_dir = tmp_path / "data"
-    jobstore = JobStore.in_data_dir(data_dir, clock=clock)
-    spool = Spool(data_dir)
-    spool.prepare()
-    outbox = OutboxFolder(data_dir)
-    outbox.prepare()
-    study = sample_study()
-    ingest(jobstore, spool, study.files, clock.now)
-    clock.advance(60.0)
-    StudyAssembler(jobstore, StudySettings(quiet_period_s=30.0), clock=clock).run_once()
-    assert jobstore.get_study(study.study_instance_uid).state is StudyState.COMPLETE
-    yield Node(jobstore, spool, outbox, clock, study)
-    jobstore.close()
+    node = complete_sample_study(tmp_path / "data")
+    assert node.jobstore.get_study(node.uid).state is StudyState.COMPLETE
+    yield node
+    node.jobstore.close()
 
 
 def make_worker(node: Node, analyze=None, destinations=("pacs", "archive")) -> AnalysisWorker:

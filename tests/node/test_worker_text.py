@@ -19,20 +19,21 @@ from typing import Any
 import pydicom
 import pytest
 import structlog
-from worker_helpers import FakeClock, ingest, loaded_bundle, sample_result, sample_study
+from worker_helpers import (
+    CompleteStudy,
+    complete_sample_study,
+    loaded_bundle,
+    sample_result,
+    sample_study,
+)
 
 from hipfuse.config.clinical_text import FHIRSettings, HL7Settings
-from hipfuse.config.settings import StudySettings
 from hipfuse.integrations.hl7.intake import HL7Intake, IntakeOutcome
 from hipfuse.integrations.hl7.send import note_message
 from hipfuse.integrations.hl7.store import HL7Store
 from hipfuse.integrations.items import MatchWarning, WarningCode
 from hipfuse.integrations.text_assembly import GatheredText
-from hipfuse.node.assembly import StudyAssembler
 from hipfuse.node.clinical_text import StudyKeys, TextGatherer
-from hipfuse.node.jobstore import JobStore
-from hipfuse.node.outbox import OutboxFolder
-from hipfuse.node.spool import Spool
 from hipfuse.node.sr_findings import read_clinical_text_available, read_hip_findings
 from hipfuse.node.states import JobKind, JobState, StudyState
 from hipfuse.node.worker import AnalysisWorker
@@ -77,29 +78,14 @@ class ScriptedGather:
         return sum(not call["include_fhir"] for call in self.calls)
 
 
-@dataclass
-class Node:
-    jobstore: JobStore
-    outbox: OutboxFolder
-    clock: FakeClock
-    uid: str
+Node = CompleteStudy
 
 
 @pytest.fixture
 def node(tmp_path: Path):
-    clock = FakeClock()
-    data_dir = tmp_path / "data"
-    jobstore = JobStore.in_data_dir(data_dir, clock=clock)
-    spool = Spool(data_dir)
-    spool.prepare()
-    outbox = OutboxFolder(data_dir)
-    outbox.prepare()
-    study = sample_study()
-    ingest(jobstore, spool, study.files, clock.now)
-    clock.advance(60.0)
-    StudyAssembler(jobstore, StudySettings(quiet_period_s=30.0), clock=clock).run_once()
-    yield Node(jobstore, outbox, clock, study.study_instance_uid)
-    jobstore.close()
+    node = complete_sample_study(tmp_path / "data")
+    yield node
+    node.jobstore.close()
 
 
 def _settings(text_wait_s: float = 30.0, *, hl7: bool = True, fhir: bool = False) -> Any:

@@ -14,13 +14,16 @@ import shutil
 import tempfile
 import textwrap
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hipfuse.config.settings import Settings, load_settings
+from hipfuse.config.settings import Settings, StudySettings, load_settings
+from hipfuse.node.assembly import StudyAssembler
 from hipfuse.node.demo import SampleStudy, find_samples_dir, prepare_sample_study
 from hipfuse.node.header import read_header
 from hipfuse.node.jobstore import InstanceRecord, JobStore
+from hipfuse.node.outbox import OutboxFolder
 from hipfuse.node.series import is_node_output
 from hipfuse.node.spool import InstanceUIDs, Spool
 
@@ -120,6 +123,36 @@ def ingest(
         jobstore.record_instance(record)
         records.append(record)
     return records
+
+
+@dataclass
+class CompleteStudy:
+    """A data folder whose job store has the sample study assembled and ``complete``."""
+
+    jobstore: JobStore
+    spool: Spool
+    outbox: OutboxFolder
+    clock: FakeClock
+    study: SampleStudy
+
+    @property
+    def uid(self) -> str:
+        return self.study.study_instance_uid
+
+
+def complete_sample_study(data_dir: Path) -> CompleteStudy:
+    """Spool and record the sample study, then let the quiet period pass and assemble it."""
+    clock = FakeClock()
+    jobstore = JobStore.in_data_dir(data_dir, clock=clock)
+    spool = Spool(data_dir)
+    spool.prepare()
+    outbox = OutboxFolder(data_dir)
+    outbox.prepare()
+    study = sample_study()
+    ingest(jobstore, spool, study.files, clock.now)
+    clock.advance(60.0)
+    StudyAssembler(jobstore, StudySettings(quiet_period_s=30.0), clock=clock).run_once()
+    return CompleteStudy(jobstore, spool, outbox, clock, study)
 
 
 def node_settings(
